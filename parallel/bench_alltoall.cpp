@@ -98,7 +98,8 @@ int run_alltoall_bench(Communicator& comm, const AllToAllBenchOptions& o) {
   int64_t total_wrong = 0;
   double sum_busbw = 0;
   int num_sizes = 0;
-  for (int64_t bytes = o.min_bytes; bytes <= o.max_bytes; bytes *= 2) {
+  for (int64_t bytes = o.min_bytes; bytes <= o.max_bytes;
+       bytes = bytes > o.max_bytes / 2 ? o.max_bytes + 1 : bytes * 2) {
     // Whole elements, an equal chunk (at least one element) for every rank.
     const int64_t chunk = std::max<int64_t>(1, bytes / elem / n);
     const int64_t count = chunk * n;

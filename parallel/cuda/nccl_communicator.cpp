@@ -3,6 +3,9 @@
 
 #include <ATen/ops/from_blob.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstring>
 #include <thread>
 
 #include "common/error.h"
