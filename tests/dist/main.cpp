@@ -1,0 +1,94 @@
+// main of condensa_dist_tests, run as `mpirun -np N condensa_dist_tests`.
+//
+// Initialises MPI, lets only rank 0 print gtest's report (other ranks print nothing but their
+// own failed assertions, prefixed with the rank), reduces the result over ranks (any rank
+// failing makes every rank exit non-zero) and finalises MPI.
+//
+// With CONDENSA_DIST_MODE=hang it is instead the child job of the watchdog test: rank 0 sleeps
+// instead of joining an all_reduce, and the others' watchdog must abort the job.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "common/error.h"
+#include "parallel/mpi_communicator.h"
+#include "tests/dist/dist_env.h"
+
+namespace {
+
+using condensa::parallel::MpiCommunicator;
+using condensa::parallel::MpiRuntime;
+
+double env_double(const char* name, double fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atof(v) : fallback;
+}
+
+// Child job of WatchdogTest.HungCollectiveAbortsEveryRank.
+int run_hang_mode(int argc, char** argv) {
+  MpiRuntime mpi(&argc, &argv);
+  auto world = MpiCommunicator::world(env_double("CONDENSA_DIST_HANG_TIMEOUT_S", 3.0));
+  if (world->rank() == 0) {
+    // "Computing": holds no watchdog guard, so this rank's watchdog must stay quiet.
+    std::this_thread::sleep_for(std::chrono::seconds(60));
+    std::fprintf(stderr, "hang mode: rank 0 woke up; the job was not aborted\n");
+    std::_Exit(0);
+  }
+  torch::Tensor t = torch::ones({4});
+  world->all_reduce(t);  // never completes: rank 0 does not join
+  std::fprintf(stderr, "hang mode: all_reduce returned on rank %d\n", world->rank());
+  return 0;
+}
+
+// Non-zero ranks: print only failed assertions, tagged with the rank.
+class FailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit FailurePrinter(int rank) : rank_(rank) {}
+  void OnTestPartResult(const ::testing::TestPartResult& result) override {
+    if (!result.failed()) return;
+    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_,
+                 result.file_name() ? result.file_name() : "?", result.line_number(),
+                 result.message());
+  }
+  void OnTestEnd(const ::testing::TestInfo& info) override {
+    if (info.result()->Failed()) {
+      std::fprintf(stderr, "[rank %d] FAILED %s.%s\n", rank_, info.test_suite_name(), info.name());
+    }
+  }
+
+ private:
+  int rank_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* mode = std::getenv("CONDENSA_DIST_MODE");
+  if (mode && std::string(mode) == "hang") return run_hang_mode(argc, argv);
+
+  MpiRuntime mpi(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  // A hung test aborts the run instead of hanging CTest.
+  condensa::testing::set_mpi_world(
+      MpiCommunicator::world(env_double("CONDENSA_DIST_TIMEOUT_S", 120.0)));
+  const int rank = condensa::testing::mpi_world().rank();
+  if (rank != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new FailurePrinter(rank));
+  }
+
+  const int local = RUN_ALL_TESTS() == 0 ? 0 : 1;
+  torch::Tensor failed = torch::full({1}, static_cast<int64_t>(local), torch::kInt64);
+  condensa::testing::mpi_world().all_reduce(failed, condensa::parallel::ReduceOp::kMax);
+  const int rc = failed.item<int64_t>() == 0 ? 0 : 1;
+  if (rank == 0 && rc != 0 && local == 0) {
+    std::fprintf(stderr, "condensa_dist_tests: a test failed on another rank (see [rank N])\n");
+  }
+  condensa::testing::release_communicators();
+  return rc;
+}
