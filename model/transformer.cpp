@@ -1,0 +1,179 @@
+#include "model/transformer.h"
+
+#include "common/hash.h"
+#include "model/recompute.h"
+
+namespace condensa::model {
+
+BlockImpl::BlockImpl(const ModelConfig& cfg,
+                     int64_t layer,
+                     const DispatcherFactory& make_dispatcher) {
+  recompute_attention = cfg.recompute == "full";
+  input_layernorm = register_module("input_layernorm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+  self_attn = register_module("self_attn", MLA(cfg));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+  if (cfg.is_moe_layer(layer)) {
+    moe = register_module("mlp", MoELayer(cfg, make_dispatcher(layer)));
+  } else {
+    dense_mlp = register_module("mlp", MLP(cfg.hidden_size, cfg.intermediate_size));
+  }
+}
+
+torch::Tensor BlockImpl::forward(const torch::Tensor& x,
+                                 const RopeTables& rope,
+                                 MLACache* cache,
+                                 int64_t start_pos,
+                                 torch::Tensor* aux_loss) {
+  torch::Tensor h;
+  if (recompute_attention && !cache && x.requires_grad()) {
+    h = x + recompute([this, &rope](
+                          const torch::Tensor& t) { return self_attn(input_layernorm(t), rope); },
+                      x);
+  } else {
+    h = x + self_attn(input_layernorm(x), rope, cache, start_pos);
+  }
+  if (moe) return h + moe(post_attention_layernorm(h), aux_loss);
+  if (recompute_attention && h.requires_grad()) {
+    return h +
+           recompute(
+               [this](const torch::Tensor& t) { return dense_mlp(post_attention_layernorm(t)); },
+               h);
+  }
+  return h + dense_mlp(post_attention_layernorm(h));
+}
+
+MTPModuleImpl::MTPModuleImpl(const ModelConfig& cfg,
+                             int64_t layer,
+                             const DispatcherFactory& make_dispatcher) {
+  enorm = register_module("enorm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+  hnorm = register_module("hnorm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+  eh_proj = register_module(
+      "eh_proj", torch::nn::Linear(
+                     torch::nn::LinearOptions(2 * cfg.hidden_size, cfg.hidden_size).bias(false)));
+  block = register_module("block", Block(cfg, layer, make_dispatcher));
+  shared_head_norm = register_module("shared_head_norm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+}
+
+TransformerImpl::TransformerImpl(const ModelConfig& c, DispatcherFactory make_dispatcher) : cfg(c) {
+  if (!make_dispatcher) {
+    const int64_t E = cfg.num_routed_experts;
+    make_dispatcher = [E](int64_t) { return std::make_shared<LocalDispatcher>(E); };
+  }
+  rope = make_rope_tables(cfg);
+  embed_tokens =
+      register_module("embed_tokens", torch::nn::Embedding(cfg.vocab_size, cfg.hidden_size));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t l = 0; l < cfg.num_layers; ++l) layers->push_back(Block(cfg, l, make_dispatcher));
+  norm = register_module("norm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+  lm_head = register_module(
+      "lm_head",
+      torch::nn::Linear(torch::nn::LinearOptions(cfg.hidden_size, cfg.vocab_size).bias(false)));
+  mtp = register_module("mtp", torch::nn::ModuleList());
+  for (int64_t k = 0; k < cfg.mtp_depth; ++k)
+    mtp->push_back(MTPModule(cfg, cfg.num_layers + k, make_dispatcher));
+}
+
+ModelOutput TransformerImpl::forward(const torch::Tensor& tokens, const ForwardOptions& opt) {
+  ModelOutput out;
+  out.aux_loss = torch::zeros({}, torch::TensorOptions()
+                                      .dtype(upcast(embed_tokens->weight).scalar_type())
+                                      .device(tokens.device()));
+  auto emb = embed_tokens(tokens);
+  auto h = emb;
+  for (size_t l = 0; l < layers->size(); ++l) {
+    torch::Tensor aux;
+    MLACache* cache = opt.caches ? &(*opt.caches)[l] : nullptr;
+    h = layers[l]->as<BlockImpl>()->forward(h, rope, cache, opt.start_pos, &aux);
+    if (aux.defined()) out.aux_loss = out.aux_loss + aux;
+  }
+  out.logits_BSV = upcast(lm_head(norm(h)));
+
+  if (opt.with_mtp && !mtp->is_empty()) {
+    // Module k (1-based depth d = k+1) at position i combines the previous depth's hidden
+    // state at i with the embedding of token i+d, and predicts token i+d+1.
+    auto prev = h;
+    const int64_t S = tokens.size(1);
+    for (size_t k = 0; k < mtp->size(); ++k) {
+      const int64_t d = static_cast<int64_t>(k) + 1;
+      if (S - d < 1) break;
+      auto* m = mtp[k]->as<MTPModuleImpl>();
+      auto e = m->enorm(emb.narrow(1, d, S - d));
+      auto p = m->hnorm(prev.narrow(1, 0, S - d));
+      auto x = m->eh_proj(torch::cat({e, p}, -1));
+      torch::Tensor aux;
+      x = m->block->forward(x, rope, nullptr, 0, &aux);
+      if (aux.defined()) out.aux_loss = out.aux_loss + aux;
+      out.mtp_logits.push_back(upcast(lm_head(m->shared_head_norm(x))));
+      prev = x;
+    }
+  }
+  return out;
+}
+
+std::vector<MoELayer> TransformerImpl::moe_layers() const {
+  std::vector<MoELayer> out;
+  for (const auto& l : *layers) {
+    auto* b = l->as<BlockImpl>();
+    if (b->moe) out.push_back(b->moe);
+  }
+  for (const auto& m : *mtp) {
+    auto* b = m->as<MTPModuleImpl>()->block.get();
+    if (b->moe) out.push_back(b->moe);
+  }
+  return out;
+}
+
+void TransformerImpl::set_token_languages(const torch::Tensor& language_BS) {
+  for (auto& l : moe_layers())
+    l->token_language_T = language_BS.defined() ? language_BS.reshape({-1}) : language_BS;
+}
+
+bool is_expert_param(const std::string& name) {
+  return name.find(".mlp.experts.") != std::string::npos;
+}
+
+namespace {
+bool is_norm_weight(const std::string& name) {
+  auto ends_with = [&](const std::string& s) {
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
+  return ends_with("norm.weight") || ends_with("layernorm.weight") || ends_with("norm_weight");
+}
+}  // namespace
+
+void init_parameters(TransformerImpl& model, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  const double std = model.cfg.init_std;
+  for (auto& item : model.named_parameters()) {
+    const std::string& name = item.key();
+    auto& p = item.value();
+    if (is_norm_weight(name)) {
+      p.fill_(1.0);
+      continue;
+    }
+    auto fill = [&](torch::Tensor target, uint64_t key) {
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(key);
+      auto cpu = torch::empty(target.sizes(), torch::kFloat32);
+      cpu.normal_(0.0, std, gen);
+      target.copy_(cpu);
+    };
+    if (is_expert_param(name)) {
+      // Stacked [E_local, ...]: slice e is global expert first_expert + e.
+      int64_t first = 0;
+      for (auto& moe : model.moe_layers()) {
+        for (auto& ep : moe->experts->named_parameters(false)) {
+          if (ep.value().is_same(p)) first = moe->experts->first_expert;
+        }
+      }
+      for (int64_t e = 0; e < p.size(0); ++e) {
+        fill(p[e], hash_combine(seed, hash_string(name), static_cast<uint64_t>(first + e)));
+      }
+    } else {
+      fill(p, hash_combine(seed, hash_string(name)));
+    }
+  }
+  for (auto& moe : model.moe_layers()) moe->gate->e_score_correction_bias.zero_();
+}
+
+}  // namespace condensa::model
