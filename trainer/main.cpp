@@ -23,7 +23,8 @@ const Command kCommands[] = {
     {"eval", condensa::trainer::eval_command, "mean loss and perplexity of a checkpoint"},
     {"generate", condensa::trainer::generate_command, "sample text from a checkpoint"},
     {"export", condensa::trainer::export_command, "write a Hugging Face DeepseekV3 directory"},
-    {"import", condensa::trainer::import_command, "make a checkpoint from a Hugging Face directory"},
+    {"import", condensa::trainer::import_command,
+     "make a checkpoint from a Hugging Face directory"},
     {"plan", condensa::trainer::plan_command, "parameter counts and memory of a config"},
     {"bench", condensa::trainer::bench_command, "micro-benchmarks (matmul, alltoall, moe)"},
 };

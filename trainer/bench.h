@@ -1,0 +1,12 @@
+// `condensa bench ...`: micro-benchmarks. Numbers go into docs/performance.md with the command.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace condensa::trainer {
+
+// Sustained FLOP/s of an n x n x n matmul in `dtype` on this process's threads, timed for
+// about `seconds` after a warm-up. The trainer uses it as the peak for MFU.
+double measure_matmul_flops(torch::ScalarType dtype, int64_t n, double seconds);
+
+}  // namespace condensa::trainer

@@ -1,0 +1,52 @@
+// Using a trained checkpoint: load it into a single-process model, evaluate loss/perplexity,
+// generate text with the compressed MLA KV cache.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "model/transformer.h"
+#include "trainer/config.h"
+
+namespace condensa::trainer {
+
+// A step directory (has meta.json), or a run directory / checkpoints root: its newest
+// complete checkpoint. Throws CheckpointError naming the path.
+std::string resolve_checkpoint_dir(const std::string& path);
+
+struct LoadedModel {
+  Config config;
+  model::Transformer model{nullptr};
+  std::string dir;
+  int64_t step = 0;
+};
+// Single process, every expert local, eval mode.
+LoadedModel load_model_for_inference(const std::string& path);
+
+struct EvalResult {
+  double loss = 0, perplexity = 0;
+  int64_t tokens = 0, windows = 0;
+};
+// Mean next-token loss over non-overlapping windows of seq_len+1 tokens of `tokens`.
+EvalResult evaluate_tokens(model::TransformerImpl& model,
+                           const std::vector<int64_t>& tokens,
+                           int64_t seq_len,
+                           int64_t max_windows);
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 64;
+  double temperature = 1.0;  // 0 = greedy
+  int64_t top_k = 0;         // 0 = all
+  uint64_t seed = 0;
+  bool use_cache = true;  // false recomputes the whole prefix each token (reference)
+  int64_t stop_token = -1;
+};
+// Returns the generated ids (without the prompt). Logits of each step go to *step_logits.
+std::vector<int64_t> generate(model::TransformerImpl& model,
+                              const std::vector<int64_t>& prompt,
+                              const GenerateOptions& opt,
+                              std::vector<torch::Tensor>* step_logits = nullptr);
+
+}  // namespace condensa::trainer

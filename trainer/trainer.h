@@ -1,0 +1,78 @@
+// The training loop: data -> forward/backward over micro-batches -> gradient reduction ->
+// clip -> AdamW -> router bias update -> metrics -> checkpoint.
+//
+// Parallelism is applied to the model by explicit steps in `Trainer::Trainer`, in this
+// order: mesh (pp x dp, ep inside dp) -> expert-parallel dispatchers (the model only ever
+// talks to a TokenDispatcher) -> layout-independent init -> optimizer groups (dense over dp,
+// experts over the expert-data-parallel replicas, ZeRO-1 optional) -> resume. Every rank
+// runs the same sequence of collectives each step.
+#pragma once
+
+#include <atomic>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "data/sampler.h"
+#include "model/transformer.h"
+#include "parallel/mesh.h"
+#include "trainer/config.h"
+#include "trainer/optimizer.h"
+
+namespace condensa::trainer {
+
+struct TrainSummary {
+  int64_t first_step = 1, last_step = 0;
+  double final_loss = 0, final_val_loss = 0;
+  std::string checkpoint;  // last committed checkpoint dir ("" if none)
+  bool interrupted = false;
+};
+
+class Trainer {
+ public:
+  Trainer(const Config& cfg,
+          parallel::Communicator& world,
+          const std::atomic<bool>* stop_flag = nullptr);
+  TrainSummary run();
+
+  model::TransformerImpl& model() { return *model_; }
+  const parallel::Mesh& mesh() const { return mesh_; }
+
+ private:
+  struct StepStats {
+    double loss = 0, mtp_loss = 0, aux_loss = 0;
+  };
+  StepStats forward_backward(int64_t step);
+  void update_router_bias(int64_t step, std::vector<torch::Tensor>& global_loads);
+  double validation_loss();
+  std::string save(int64_t step);
+  int64_t resume();
+  void log_step(int64_t step,
+                const StepStats& st,
+                double lr,
+                double grad_norm,
+                double step_s,
+                const std::vector<torch::Tensor>& loads);
+  bool stop_requested();
+  bool is_logger() const { return world_.rank() == 0; }
+
+  Config cfg_;
+  parallel::Communicator& world_;
+  parallel::Mesh mesh_;
+  const std::atomic<bool>* stop_flag_;
+  model::Transformer model_{nullptr};
+  std::unique_ptr<Optimizer> optim_;
+  std::unique_ptr<data::DataSource> data_;
+  std::ofstream metrics_;
+  torch::Device device_{torch::kCPU};
+  int64_t tokens_seen_ = 0;
+  double flops_per_token_ = 0, peak_flops_ = 0;
+  double train_seconds_ = 0;
+  int64_t timed_steps_ = 0;
+  std::string last_checkpoint_;
+};
+
+// Model FLOPs per trained token: 6 x activated matmul parameters + causal attention.
+double training_flops_per_token(const model::ModelConfig& m, int64_t seq_len);
+
+}  // namespace condensa::trainer
