@@ -60,7 +60,7 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& x_BSD, torch::Tensor* a
     torch::NoGradGuard no_grad;
     stats.tokens_per_expert_E += r.tokens_per_expert_E.cpu();
     if (cfg.capacity_factor > 0) stats.dropped += (r.topk_idx_TK < 0).sum().item<int64_t>();
-    if (token_language_T.defined()) {
+    if (token_language_T.defined() && token_language_T.numel() == B * S) {
       auto lang = token_language_T.to(torch::kInt64)
                       .reshape({-1, 1})
                       .expand({B * S, cfg.top_k})

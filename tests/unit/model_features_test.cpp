@@ -53,11 +53,16 @@ TEST_P(Recompute, EqualsNoRecomputationOutputsAndGradients) {
   la.backward();
   lb.backward();
   auto pa = a->named_parameters(), pb = b->named_parameters();
+  int compared = 0;
   for (auto& item : pa) {
     auto ga = item.value().grad(), gb = pb[item.key()].grad();
-    ASSERT_TRUE(gb.defined()) << item.key() << " has no gradient with recompute " << GetParam();
+    ASSERT_EQ(ga.defined(), gb.defined())
+        << item.key() << " gradient presence differs with recompute " << GetParam();
+    if (!ga.defined()) continue;  // mtp.0's head norm: the loss below does not use its logits
     EXPECT_TRUE(torch::allclose(ga, gb, 1e-5, 1e-7)) << item.key();
+    ++compared;
   }
+  EXPECT_GT(compared, 40);
 }
 INSTANTIATE_TEST_SUITE_P(Modes, Recompute, ::testing::Values("norm_up", "full"));
 
@@ -73,17 +78,27 @@ TEST(MTP, ChangingALaterTokenNeverChangesAnEarlierPrediction) {
     auto t2 = tokens.clone();
     t2[0][j] = (t2[0][j].item<int64_t>() + 7) % 23;
     auto out = m->forward(t2, fo);
-    // Main head at position i sees tokens <= i.
-    EXPECT_TRUE(torch::equal(out.logits_BSV.narrow(1, 0, j), base.logits_BSV.narrow(1, 0, j)))
+    // Main head at position i sees tokens <= i. Equal up to float noise only: when routing
+    // changes, the expert matmuls see other row counts (other BLAS blocking).
+    auto diff = [](const torch::Tensor& a, const torch::Tensor& b) {
+      return (a - b).abs().max().item<double>();
+    };
+    EXPECT_LT(diff(out.logits_BSV.narrow(1, 0, j), base.logits_BSV.narrow(1, 0, j)), 1e-5)
         << "main, token " << j;
-    EXPECT_FALSE(torch::equal(out.logits_BSV.narrow(1, j, 1), base.logits_BSV.narrow(1, j, 1)));
+    EXPECT_GT(diff(out.logits_BSV.narrow(1, j, 1), base.logits_BSV.narrow(1, j, 1)), 1e-3)
+        << "main, token " << j;
     // MTP depth d at position i sees tokens <= i + d (it predicts i + d + 1).
     for (int64_t d = 1; d <= 2; ++d) {
       int64_t visible = std::max<int64_t>(0, j - d);  // positions i with i + d < j
       if (visible == 0) continue;
-      EXPECT_TRUE(torch::equal(out.mtp_logits[d - 1].narrow(1, 0, visible),
-                               base.mtp_logits[d - 1].narrow(1, 0, visible)))
+      EXPECT_LT(diff(out.mtp_logits[d - 1].narrow(1, 0, visible),
+                     base.mtp_logits[d - 1].narrow(1, 0, visible)),
+                1e-5)
           << "depth " << d << ", token " << j;
+      EXPECT_GT(diff(out.mtp_logits[d - 1].narrow(1, visible, 1),
+                     base.mtp_logits[d - 1].narrow(1, visible, 1)),
+                1e-3)
+          << "depth " << d << ", token " << j << " must see token " << j;
     }
   }
 }

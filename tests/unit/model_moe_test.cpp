@@ -61,7 +61,7 @@ TEST(MoELayer, MatchesPerTokenLoopOutputsAndGradients) {
       torch::randn({cfg.num_routed_experts}, torch::kFloat64) * 0.1);
   auto x = torch::randn({2, 7, cfg.hidden_size}, torch::kFloat64).requires_grad_(true);
   auto y = layer(x);
-  auto r = layer->gate(x.reshape({-1, cfg.hidden_size}).detach());
+  auto r = layer->gate(x.reshape({-1, cfg.hidden_size}));  // the same router, differentiable
   auto y_ref =
       moe_reference(*layer, x.reshape({-1, cfg.hidden_size}), r.topk_idx_TK, r.probs_TK).view_as(y);
   EXPECT_TRUE(torch::allclose(y, y_ref, 1e-10, 1e-12)) << (y - y_ref).abs().max().item<double>();

@@ -14,8 +14,8 @@ TempDir::TempDir(const std::string& tag) {
   static std::atomic<int> counter{0};
   std::random_device rd;
   path_ = std::filesystem::temp_directory_path() /
-          ("condensa-" + tag + "-" + std::to_string(getpid()) + "-" +
-           std::to_string(counter++) + "-" + std::to_string(rd() % 100000));
+          ("condensa-" + tag + "-" + std::to_string(getpid()) + "-" + std::to_string(counter++) +
+           "-" + std::to_string(rd() % 100000));
   std::filesystem::remove_all(path_);
   std::filesystem::create_directories(path_);
 }
@@ -38,6 +38,8 @@ CommandResult run_condensa(const std::string& args) {
   return r;
 }
 
-std::string source_path(const std::string& rel) { return std::string(CONDENSA_SOURCE_DIR) + "/" + rel; }
+std::string source_path(const std::string& rel) {
+  return std::string(CONDENSA_SOURCE_DIR) + "/" + rel;
+}
 
 }  // namespace condensa::testing

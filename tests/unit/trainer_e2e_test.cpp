@@ -108,15 +108,15 @@ TEST(TrainEndToEnd, CorruptNewestCheckpointFallsBackWithWarning) {
   auto bad = dir.path() / "checkpoints" / "step_00000020" / "model-rank00000.safetensors";
   ASSERT_TRUE(fs::exists(bad));
   fs::resize_file(bad, fs::file_size(bad) / 2);
-  auto r2 = run_condensa(tiny_cmd(dir, "--set train.steps=22"));
-  EXPECT_EQ(r2.exit_code, 0) << r2.output;
-  EXPECT_NE(r2.output.find("model-rank00000.safetensors"), std::string::npos) << r2.output;
-  EXPECT_NE(r2.output.find("step 10"), std::string::npos) << r2.output;
   // Resuming explicitly from the corrupt one is an error naming the file.
   auto r3 = run_condensa(tiny_cmd(
       dir, "--set checkpoint.resume=" + (dir.path() / "checkpoints" / "step_00000020").string()));
   EXPECT_EQ(r3.exit_code, 1) << r3.output;
   EXPECT_NE(r3.output.find("model-rank00000.safetensors"), std::string::npos) << r3.output;
+  auto r2 = run_condensa(tiny_cmd(dir, "--set train.steps=22"));
+  EXPECT_EQ(r2.exit_code, 0) << r2.output;
+  EXPECT_NE(r2.output.find("model-rank00000.safetensors"), std::string::npos) << r2.output;
+  EXPECT_NE(r2.output.find("step 10"), std::string::npos) << r2.output;
 }
 
 TEST(Ecosystem, EvalGenerateExportImportRoundTrip) {
