@@ -157,8 +157,9 @@ int bench_moe(const ParsedArgs& a) {
     const char* names[] = {"route", "dispatch", "experts", "combine"};
     for (int i = 0; i < 4; ++i)
       std::printf("%10s %12.3f %7.1f%%\n", names[i], v[i] * 1e3, 100 * v[i] / total);
-    std::printf("communication (dispatch + combine): %.1f%% of the layer\n",
-                100 * (v[1] + v[3]) / total);
+    std::printf(
+        "token movement (dispatch + combine; all-to-all when ep > 1): %.1f%% of the layer\n",
+        100 * (v[1] + v[3]) / total);
   }
   return 0;
 }

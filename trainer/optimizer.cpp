@@ -6,6 +6,10 @@
 
 namespace condensa::trainer {
 
+namespace {
+constexpr int64_t kBucketElements = int64_t(1) << 24;  // 64 MiB of fp32 gradients per all-reduce
+}  // namespace
+
 void adamw_update(torch::Tensor p,
                   const torch::Tensor& g,
                   torch::Tensor m,
@@ -86,7 +90,11 @@ void Optimizer::reduce_gradients() {
       g.grad_shard = torch::empty({g.shard_end - g.shard_begin}, flat.options());
       comm.reduce_scatter(flat, g.grad_shard, parallel::ReduceOp::kSum);
     } else {
-      if (comm.size() > 1) comm.all_reduce(flat, parallel::ReduceOp::kSum);
+      // Bucketed: bounded message sizes (and memory of the reduction's temporaries).
+      for (int64_t begin = 0; comm.size() > 1 && begin < g.padded; begin += kBucketElements) {
+        auto bucket = flat.narrow(0, begin, std::min(kBucketElements, g.padded - begin));
+        comm.all_reduce(bucket, parallel::ReduceOp::kSum);
+      }
       g.grad_shard = flat;
     }
     if (g.spec.grad_scale != 1.0) g.grad_shard.mul_(g.spec.grad_scale);

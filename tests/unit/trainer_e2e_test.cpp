@@ -62,6 +62,20 @@ TEST(TrainEndToEnd, LossFallsOnTheSyntheticMixture) {
   EXPECT_NE(r.output.find("validation loss"), std::string::npos);
 }
 
+TEST(TrainEndToEnd, Bf16ComputeTracksFp32) {
+  TempDir a, b;
+  auto ra = run_condensa(tiny_cmd(a, "--set train.steps=3 --set checkpoint.every=0"));
+  auto rb = run_condensa(
+      tiny_cmd(b, "--set train.steps=3 --set checkpoint.every=0 --set train.dtype=bf16"));
+  ASSERT_EQ(ra.exit_code, 0) << ra.output;
+  ASSERT_EQ(rb.exit_code, 0) << rb.output;
+  auto la = losses(a), lb = losses(b);
+  for (int64_t s = 1; s <= 3; ++s) {
+    EXPECT_NE(la[s], lb[s]) << "bf16 must actually change the arithmetic, step " << s;
+    EXPECT_NEAR(la[s], lb[s], 0.05) << "step " << s;
+  }
+}
+
 TEST(TrainEndToEnd, ResumeIsBitwiseExact) {
   TempDir straight, resumed;
   auto a = run_condensa(tiny_cmd(straight, "--set train.steps=16 --set checkpoint.every=0"));
