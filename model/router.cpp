@@ -121,6 +121,12 @@ torch::Tensor sequence_balance_loss(const torch::Tensor& scores_TE,
   return (f_BE.detach() * P_BE).sum(-1).mean();
 }
 
+void update_balance_bias(torch::Tensor& bias_E, const torch::Tensor& load_E, double gamma) {
+  torch::NoGradGuard no_grad;
+  auto load = load_E.to(torch::kFloat64);
+  bias_E.add_((torch::sign(load.mean() - load) * gamma).to(bias_E.options()));
+}
+
 torch::Tensor router_z_loss(const torch::Tensor& logits_TE) {
   return torch::logsumexp(logits_TE, -1).pow(2).mean();
 }

@@ -68,6 +68,10 @@ torch::Tensor sequence_balance_loss(const torch::Tensor& scores_TE,
                                     int64_t batch,
                                     int64_t top_k);
 
+// Auxiliary-loss-free balancing update, in place: b_i += gamma * sign(mean(load) - load_i).
+// `load_E` is the global tokens-per-expert count of the step.
+void update_balance_bias(torch::Tensor& bias_E, const torch::Tensor& load_E, double gamma);
+
 // Router z-loss: mean over tokens of logsumexp(logits)^2.
 torch::Tensor router_z_loss(const torch::Tensor& logits_TE);
 

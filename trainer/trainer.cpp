@@ -227,12 +227,9 @@ void Trainer::update_router_bias(int64_t step, std::vector<torch::Tensor>& loads
   for (size_t i = 0; i < layers.size(); ++i) {
     auto load = all[i];
     loads.push_back(load);
-    if (update) {
-      auto delta = torch::sign(load.mean() - load) *
-                   m.bias_update_rate;  // b_i += gamma * sign(mean - load_i)
-      auto& bias = layers[i]->gate->e_score_correction_bias;
-      bias.add_(delta.to(bias.options()));
-    }
+    if (update)
+      model::update_balance_bias(layers[i]->gate->e_score_correction_bias, load,
+                                 m.bias_update_rate);
   }
 }
 

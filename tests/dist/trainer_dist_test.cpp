@@ -19,7 +19,8 @@ using namespace condensa;
 
 namespace {
 
-constexpr double kLossTol = 2e-4;
+constexpr double kLossTol =
+    1e-5;  // measured max over 20 steps: 2.4e-7 (world 1 vs 4, ep 4, ZeRO-1)
 constexpr int64_t kSteps = 20;
 
 std::string shared_tmp(const std::string& tag) {

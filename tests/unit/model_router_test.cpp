@@ -127,3 +127,13 @@ TEST(Router, SequenceBalanceLossHandComputed) {
   auto i2 = torch::cat({idx, idx2});
   EXPECT_NEAR(sequence_balance_loss(s2, i2, 2, 1).item<double>(), 1.125, 1e-12);
 }
+
+TEST(Router, BiasUpdateFollowsTheSignRule) {
+  // loads (10, 2, 6, 6): mean 6 -> overloaded expert 0 goes down, underloaded 1 up, 2 and 3 stay.
+  auto bias = torch::tensor({0.5, -0.25, 0.0, 1.0}, torch::kFloat32);
+  update_balance_bias(bias, torch::tensor({10, 2, 6, 6}, torch::kInt64), 0.001);
+  EXPECT_FLOAT_EQ(bias[0].item<float>(), 0.499f);
+  EXPECT_FLOAT_EQ(bias[1].item<float>(), -0.249f);
+  EXPECT_FLOAT_EQ(bias[2].item<float>(), 0.0f);
+  EXPECT_FLOAT_EQ(bias[3].item<float>(), 1.0f);
+}
