@@ -153,6 +153,9 @@ Trainer::Trainer(const Config& cfg,
       std::make_unique<Optimizer>(groups, cfg_.optim, static_cast<int>(cfg_.parallel.zero_stage));
 
   data_ = data::make_data_source(sampler_options(cfg_));
+  CONDENSA_CHECK(data_->vocab_size() <= m.vocab_size, ConfigError, "model.vocab_size (",
+                 m.vocab_size, ") is smaller than the vocabulary of the data (",
+                 data_->vocab_size(), ", tokenizer '", data_->tokenizer_name(), "')");
   flops_per_token_ = training_flops_per_token(m, cfg_.train.seq_len);
   peak_flops_ = measure_matmul_flops(
       cfg_.train.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32, 512, 0.2);

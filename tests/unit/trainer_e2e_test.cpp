@@ -62,6 +62,26 @@ TEST(TrainEndToEnd, LossFallsOnTheSyntheticMixture) {
   EXPECT_NE(r.output.find("validation loss"), std::string::npos);
 }
 
+TEST(TrainEndToEnd, TrainsOnPreparedTokenShards) {
+  TempDir dir;
+  // A small corpus: the repository's docs, tokenised by `condensa data prepare`.
+  auto shards = dir.path() / "shards";
+  auto p =
+      run_condensa("data prepare --input " + source_path("docs") + " --out " + shards.string());
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  auto r = run_condensa(tiny_cmd(
+      dir, "--set train.steps=4 --set data.source=tokens --set data.path=" + shards.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto l = losses(dir);
+  ASSERT_EQ(l.size(), 4u);
+  EXPECT_LT(l[1], 6.0);
+  // A missing shard directory is a clear error naming the path.
+  auto bad =
+      run_condensa(tiny_cmd(dir, "--set data.source=tokens --set data.path=/nonexistent/shards"));
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("/nonexistent/shards"), std::string::npos) << bad.output;
+}
+
 TEST(TrainEndToEnd, Bf16ComputeTracksFp32) {
   TempDir a, b;
   auto ra = run_condensa(tiny_cmd(a, "--set train.steps=3 --set checkpoint.every=0"));
