@@ -159,9 +159,6 @@ model::ModelConfig model_config_from_hf(const nlohmann::json& j, const std::stri
 
 namespace {
 bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
-bool ends_with(const std::string& s, const std::string& p) {
-  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
-}
 const std::regex kExpert(R"(^(layers\.\d+\.mlp\.experts\.\d+\.(gate|up|down)_proj)$)");
 const std::regex kMtp(R"(^mtp\.(\d+)\.(.*)$)");
 const std::regex kHfLayer(R"(^model\.layers\.(\d+)\.(.*)$)");
