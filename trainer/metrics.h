@@ -18,7 +18,7 @@ struct MoELayerRecord {
   torch::Tensor tokens_per_expert;  // global, this step
   torch::Tensor bias;               // router bias after the update
   torch::Tensor
-      languages;  // [L, E] tokens per language and expert (this rank, log interval) or undefined
+      languages;  // [L, E] tokens per language and expert (all ranks, log interval) or undefined
 };
 
 struct MetricsRecord {

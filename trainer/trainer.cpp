@@ -342,7 +342,19 @@ void Trainer::log_step(int64_t step,
     MoELayerRecord l;
     l.tokens_per_expert = loads[i];
     l.bias = layers[i]->gate->e_score_correction_bias.cpu();
-    l.languages = layers[i]->stats.tokens_per_expert_language_LE;
+    // Tokens per (language, expert) over the log interval, summed over data parallel.
+    const int64_t num_languages = static_cast<int64_t>(data_->language_names().size());
+    if (num_languages > 0) {
+      auto global = torch::zeros({num_languages, cfg_.model.num_routed_experts}, torch::kInt64);
+      const auto& local = layers[i]->stats.tokens_per_expert_language_LE;
+      if (local.defined()) {
+        const int64_t n = std::min(num_languages, local.size(0));
+        global.narrow(0, 0, n).copy_(local.narrow(0, 0, n));
+      }
+      global = world_.to_device(global);
+      mesh_.dp().all_reduce(global, parallel::ReduceOp::kSum);
+      l.languages = world_.to_cpu(global);
+    }
     rec.moe.push_back(l);
   }
   if (is_logger()) {
