@@ -129,6 +129,15 @@ void TransformerImpl::set_token_languages(const torch::Tensor& language_BS) {
     l->token_language_T = language_BS.defined() ? language_BS.reshape({-1}) : language_BS;
 }
 
+int64_t TransformerImpl::first_expert_of(const torch::Tensor& p) const {
+  for (auto& moe : moe_layers()) {
+    for (auto& ep : moe->experts->named_parameters(false)) {
+      if (ep.value().is_same(p)) return moe->experts->first_expert;
+    }
+  }
+  throw std::invalid_argument("first_expert_of: not an expert parameter of this model");
+}
+
 bool is_expert_param(const std::string& name) {
   return name.find(".mlp.experts.") != std::string::npos;
 }
@@ -160,12 +169,7 @@ void init_parameters(TransformerImpl& model, uint64_t seed) {
     };
     if (is_expert_param(name)) {
       // Stacked [E_local, ...]: slice e is global expert first_expert + e.
-      int64_t first = 0;
-      for (auto& moe : model.moe_layers()) {
-        for (auto& ep : moe->experts->named_parameters(false)) {
-          if (ep.value().is_same(p)) first = moe->experts->first_expert;
-        }
-      }
+      const int64_t first = model.first_expert_of(p);
       for (int64_t e = 0; e < p.size(0); ++e) {
         fill(p[e], hash_combine(seed, hash_string(name), static_cast<uint64_t>(first + e)));
       }

@@ -65,6 +65,8 @@ struct TransformerImpl : torch::nn::Module {
 
   // MoE layers in order (main layers, then MTP blocks), for statistics and bias updates.
   std::vector<MoELayer> moe_layers() const;
+  // Global index of slice 0 of a stacked expert parameter of this model (throws otherwise).
+  int64_t first_expert_of(const torch::Tensor& expert_param) const;
   // Routing language ids per token [B, S] for the next forward (or undefined to stop).
   void set_token_languages(const torch::Tensor& language_BS);
 

@@ -21,15 +21,6 @@ std::string expert_global_name(const std::string& stacked, int64_t e) {
 
 namespace {
 
-int64_t first_expert_of(model::TransformerImpl& model, const torch::Tensor& p) {
-  for (auto& moe : model.moe_layers()) {
-    for (auto& ep : moe->experts->named_parameters(false)) {
-      if (ep.value().is_same(p)) return moe->experts->first_expert;
-    }
-  }
-  throw Error("expert parameter not found in any MoE layer");
-}
-
 // A local (param, [start, end)) range mapped to global tensors: for stacked experts one range
 // per expert slice it touches.
 struct GlobalRange {
@@ -81,7 +72,7 @@ std::string save_checkpoint(const SaveRequest& req,
     auto& p = item.value();
     if (model::is_expert_param(name)) {
       if (mesh.edp_rank() != 0) continue;
-      const int64_t first = first_expert_of(model, p);
+      const int64_t first = model.first_expert_of(p);
       for (int64_t e = 0; e < p.size(0); ++e)
         model_tensors.emplace_back(expert_global_name(name, first + e), p[e].cpu());
     } else if (world.rank() == 0) {
@@ -100,7 +91,7 @@ std::string save_checkpoint(const SaveRequest& req,
   nlohmann::json pieces = nlohmann::json::object();
   for (const auto& piece : optim.owned_state()) {
     const auto& p = params.at(piece.param);
-    int64_t first = model::is_expert_param(piece.param) ? first_expert_of(model, p) : 0;
+    int64_t first = model::is_expert_param(piece.param) ? model.first_expert_of(p) : 0;
     for (const auto& r : to_global(piece.param, p, first, piece.start, piece.end)) {
       std::string global = r.name + "." + piece.kind;
       std::string key = piece_key(global, r.start);
@@ -198,7 +189,7 @@ void assign_global_tensors(model::TransformerImpl& model,
     const auto& name = item.key();
     auto& p = item.value();
     if (model::is_expert_param(name)) {
-      const int64_t first = first_expert_of(model, p);
+      const int64_t first = model.first_expert_of(p);
       for (int64_t e = 0; e < p.size(0); ++e) {
         auto g = expert_global_name(name, first + e);
         auto src = get(g);
@@ -249,7 +240,7 @@ nlohmann::json load_checkpoint(const std::string& dir,
       return it->second;
     };
     if (!model::is_expert_param(param)) return lookup(param);
-    const int64_t first = first_expert_of(model, p);
+    const int64_t first = model.first_expert_of(p);
     std::vector<torch::Tensor> parts;
     for (int64_t e = 0; e < p.size(0); ++e)
       parts.push_back(lookup(expert_global_name(param, first + e)));
