@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "model/layers.h"
-#include "model/moe.h"
+#include "model/moe/layer.h"
 
 namespace condensa::model {
 
@@ -79,12 +79,5 @@ struct TransformerImpl : torch::nn::Module {
   torch::nn::ModuleList mtp{nullptr};
 };
 TORCH_MODULE(Transformer);
-
-// Initialises every parameter from `seed` and its global name (and global expert index for
-// expert weights): N(0, init_std) for weights, 1 for norm weights, 0 for the router bias.
-void init_parameters(TransformerImpl& model, uint64_t seed);
-
-// Expert weights are stacked per rank; these give the global view used by checkpoints.
-bool is_expert_param(const std::string& name);
 
 }  // namespace condensa::model

@@ -11,7 +11,7 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "parallel/mpi_include.h"
+#include "parallel/mpi/mpi_include.h"
 
 namespace condensa::parallel {
 

@@ -10,10 +10,8 @@
 #include "common/error.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
-#include "trainer/checkpoint.h"
-#include "trainer/checkpoint_io.h"
-#include "trainer/cli.h"
-#include "trainer/commands.h"
+#include "trainer/checkpoint/directory.h"
+#include "trainer/checkpoint/state.h"
 
 namespace fs = std::filesystem;
 
@@ -124,8 +122,6 @@ std::vector<int64_t> generate(model::TransformerImpl& model,
   return out;
 }
 
-namespace {
-
 std::vector<int64_t> read_eval_tokens(const std::string& path, const data::Tokenizer& tok) {
   std::vector<int64_t> tokens;
   CONDENSA_CHECK(fs::exists(path), DataError, "--data '", path, "' does not exist");
@@ -158,81 +154,6 @@ std::vector<int64_t> read_eval_tokens(const std::string& path, const data::Token
     tokens.push_back(tok.eos_id());
   }
   return tokens;
-}
-
-const char* kEvalHelp =
-    R"(usage: condensa eval --checkpoint DIR --data PATH [--seq-len N] [--max-windows N] [--json]
-
-Mean next-token loss and perplexity of a checkpoint on token shards (a shard directory or a
-directory of shards, from condensa data prepare) or a raw text file (byte tokenizer).
-DIR is a step directory or a run directory (its newest complete checkpoint).
-)";
-
-const char* kGenerateHelp =
-    R"(usage: condensa generate --checkpoint DIR --prompt TEXT [--max-new-tokens N]
-                         [--temperature T] [--top-k K] [--seed S] [--no-cache]
-
-Samples a continuation of TEXT with the model's KV cache (the compressed MLA latent).
---temperature 0 is greedy decoding. Generation stops at the end-of-document token.
-)";
-
-}  // namespace
-
-int eval_command(const Args& args) {
-  auto a = parse_args(args, {"--checkpoint", "--data", "--seq-len", "--max-windows"}, {"--json"});
-  if (a.help) return std::fputs(kEvalHelp, stdout), 0;
-  CONDENSA_CHECK(a.has("--checkpoint") && a.has("--data"), ConfigError,
-                 "eval needs --checkpoint and --data (see --help)");
-  auto loaded = load_model_for_inference(a.get("--checkpoint"));
-  auto tok = data::make_tokenizer(loaded.config.data.tokenizer);
-  auto tokens = read_eval_tokens(a.get("--data"), *tok);
-  const int64_t seq_len = a.get_int("--seq-len", loaded.config.train.seq_len);
-  CONDENSA_CHECK(seq_len >= 1 && seq_len < loaded.config.model.max_seq_len, ConfigError,
-                 "--seq-len ", seq_len, " must be in [1, model.max_seq_len (",
-                 loaded.config.model.max_seq_len, "))");
-  auto r = evaluate_tokens(*loaded.model, tokens, seq_len, a.get_int("--max-windows", 0));
-  nlohmann::json j = {{"checkpoint", loaded.dir},   {"step", loaded.step},
-                      {"data", a.get("--data")},    {"loss", r.loss},
-                      {"perplexity", r.perplexity}, {"tokens", r.tokens},
-                      {"windows", r.windows}};
-  if (a.has("--json")) {
-    std::printf("%s\n", j.dump().c_str());
-  } else {
-    std::printf(
-        "checkpoint %s (step %ld)\ndata %s: %ld tokens in %ld windows\nloss %.4f  perplexity "
-        "%.3f\n",
-        loaded.dir.c_str(), static_cast<long>(loaded.step), a.get("--data").c_str(),
-        static_cast<long>(r.tokens), static_cast<long>(r.windows), r.loss, r.perplexity);
-  }
-  return 0;
-}
-
-int generate_command(const Args& args) {
-  auto a = parse_args(
-      args, {"--checkpoint", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--seed"},
-      {"--no-cache"});
-  if (a.help) return std::fputs(kGenerateHelp, stdout), 0;
-  CONDENSA_CHECK(a.has("--checkpoint"), ConfigError, "generate needs --checkpoint (see --help)");
-  auto loaded = load_model_for_inference(a.get("--checkpoint"));
-  auto tok = data::make_tokenizer(loaded.config.data.tokenizer);
-  GenerateOptions opt;
-  opt.max_new_tokens = a.get_int("--max-new-tokens", 64);
-  opt.temperature = a.get_double("--temperature", 1.0);
-  opt.top_k = a.get_int("--top-k", 0);
-  opt.seed = static_cast<uint64_t>(a.get_int("--seed", 0));
-  opt.use_cache = !a.has("--no-cache");
-  opt.stop_token = tok->eos_id();
-  CONDENSA_CHECK(opt.max_new_tokens >= 0, ConfigError, "--max-new-tokens ", opt.max_new_tokens,
-                 " must be >= 0");
-  CONDENSA_CHECK(opt.temperature >= 0, ConfigError, "--temperature ", opt.temperature,
-                 " must be >= 0");
-  std::vector<int64_t> prompt{tok->bos_id()};
-  for (auto id : tok->encode(a.get("--prompt"))) prompt.push_back(id);
-  auto ids = generate(*loaded.model, prompt, opt);
-  std::vector<int32_t> out(ids.begin(), ids.end());
-  if (!out.empty() && out.back() == tok->eos_id()) out.pop_back();
-  std::printf("%s%s\n", a.get("--prompt").c_str(), tok->decode(out).c_str());
-  return 0;
 }
 
 }  // namespace condensa::trainer

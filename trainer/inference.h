@@ -7,8 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "data/tokenizer.h"
 #include "model/transformer.h"
-#include "trainer/config.h"
+#include "trainer/config/config.h"
 
 namespace condensa::trainer {
 
@@ -48,5 +49,9 @@ std::vector<int64_t> generate(model::TransformerImpl& model,
                               const std::vector<int64_t>& prompt,
                               const GenerateOptions& opt,
                               std::vector<torch::Tensor>* step_logits = nullptr);
+
+// Evaluation tokens from --data: a token shard directory, a directory of shards, or a raw text
+// file (encoded with `tok`, wrapped in BOS ... EOS). Throws DataError naming the path.
+std::vector<int64_t> read_eval_tokens(const std::string& path, const data::Tokenizer& tok);
 
 }  // namespace condensa::trainer

@@ -5,8 +5,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "model/param_count.h"
-#include "trainer/checkpoint_io.h"
+#include "model/accounting.h"
+#include "trainer/checkpoint/directory.h"
 
 namespace condensa::trainer {
 

@@ -9,10 +9,12 @@
 #include <thread>
 
 #include "common/error.h"
-#include "parallel/alltoall_dispatcher.h"
-#include "trainer/bench.h"
-#include "trainer/checkpoint.h"
-#include "trainer/checkpoint_io.h"
+#include "common/matmul_peak.h"
+#include "model/init.h"
+#include "model/moe/balance.h"
+#include "parallel/expert_parallel.h"
+#include "trainer/checkpoint/directory.h"
+#include "trainer/checkpoint/state.h"
 #include "trainer/metrics.h"
 
 namespace fs = std::filesystem;

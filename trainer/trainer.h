@@ -16,8 +16,8 @@
 #include "data/sampler.h"
 #include "model/transformer.h"
 #include "parallel/mesh.h"
-#include "trainer/config.h"
-#include "trainer/optimizer.h"
+#include "trainer/config/config.h"
+#include "trainer/optim/optimizer.h"
 
 namespace condensa::trainer {
 

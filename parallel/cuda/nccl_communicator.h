@@ -20,7 +20,7 @@
 #include <string>
 
 #include "parallel/communicator.h"
-#include "parallel/mpi_communicator.h"
+#include "parallel/mpi/mpi_communicator.h"
 
 namespace condensa::parallel {
 

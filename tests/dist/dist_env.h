@@ -12,7 +12,7 @@
 #include <string>
 
 #include "parallel/communicator.h"
-#include "parallel/mpi_communicator.h"
+#include "parallel/mpi/mpi_communicator.h"
 
 namespace condensa::testing {
 

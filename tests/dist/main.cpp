@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "common/error.h"
-#include "parallel/mpi_communicator.h"
+#include "parallel/mpi/mpi_communicator.h"
 #include "tests/dist/dist_env.h"
 
 namespace {

@@ -2,8 +2,8 @@
 // node-limited routing over a fake node map.
 #include <gtest/gtest.h>
 
-#include "model/moe.h"
-#include "parallel/alltoall_dispatcher.h"
+#include "model/moe/layer.h"
+#include "parallel/expert_parallel.h"
 #include "parallel/mesh.h"
 #include "tests/dist/dist_env.h"
 

@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/dist/dist_env.h"
-#include "trainer/config.h"
+#include "trainer/config/config.h"
 #include "trainer/trainer.h"
 
 namespace fs = std::filesystem;

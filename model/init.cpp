@@ -1,0 +1,49 @@
+#include "model/init.h"
+
+#include "common/hash.h"
+
+namespace condensa::model {
+
+bool is_expert_param(const std::string& name) {
+  return name.find(".mlp.experts.") != std::string::npos;
+}
+
+namespace {
+bool is_norm_weight(const std::string& name) {
+  auto ends_with = [&](const std::string& s) {
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
+  return ends_with("norm.weight") || ends_with("layernorm.weight") || ends_with("norm_weight");
+}
+}  // namespace
+
+void init_parameters(TransformerImpl& model, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  const double std = model.cfg.init_std;
+  for (auto& item : model.named_parameters()) {
+    const std::string& name = item.key();
+    auto& p = item.value();
+    if (is_norm_weight(name)) {
+      p.fill_(1.0);
+      continue;
+    }
+    auto fill = [&](torch::Tensor target, uint64_t key) {
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(key);
+      auto cpu = torch::empty(target.sizes(), torch::kFloat32);
+      cpu.normal_(0.0, std, gen);
+      target.copy_(cpu);
+    };
+    if (is_expert_param(name)) {
+      // Stacked [E_local, ...]: slice e is global expert first_expert + e.
+      const int64_t first = model.first_expert_of(p);
+      for (int64_t e = 0; e < p.size(0); ++e) {
+        fill(p[e], hash_combine(seed, hash_string(name), static_cast<uint64_t>(first + e)));
+      }
+    } else {
+      fill(p, hash_combine(seed, hash_string(name)));
+    }
+  }
+  for (auto& moe : model.moe_layers()) moe->gate->e_score_correction_bias.zero_();
+}
+
+}  // namespace condensa::model

@@ -1,0 +1,202 @@
+// Every configuration error names the YAML path and the offending value.
+#include "trainer/config/config.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <regex>
+
+#include "common/error.h"
+#include "tests/support/test_util.h"
+
+using condensa::ConfigError;
+using namespace condensa::trainer;
+
+namespace {
+
+// Parses `yaml` with `overrides`; returns the ConfigError message ("" when it parsed).
+std::string error_of(const std::string& yaml, std::vector<std::string> overrides = {}) {
+  try {
+    parse_config_text(yaml, overrides, "test.yaml");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+struct Case {
+  const char* name;
+  const char* yaml;
+  std::vector<std::string> overrides;
+  std::vector<std::string> expected;  // substrings of the message
+};
+
+class ConfigErrors : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ConfigErrors, MessageNamesKeyAndValue) {
+  const Case& c = GetParam();
+  auto msg = error_of(c.yaml, c.overrides);
+  ASSERT_FALSE(msg.empty()) << c.name << ": expected an error";
+  for (const auto& s : c.expected)
+    EXPECT_NE(msg.find(s), std::string::npos) << c.name << ": '" << msg << "' lacks '" << s << "'";
+}
+
+const Case kCases[] = {
+    {"unknown key suggests", "train: {stpes: 3}", {}, {"train.stpes", "did you mean 'steps'"}},
+    {"unknown section",
+     "trian: {steps: 3}",
+     {},
+     {"unknown section 'trian'", "did you mean 'train'"}},
+    {"wrong type int", "train: {steps: abc}", {}, {"train.steps", "expected an integer", "'abc'"}},
+    {"float for int", "train: {steps: 1.5}", {}, {"train.steps", "'1.5'"}},
+    {"wrong type number", "optim: {lr: fast}", {}, {"optim.lr", "'fast'"}},
+    {"wrong type bool",
+     "model: {router_bias: maybe}",
+     {},
+     {"model.router_bias", "true or false", "'maybe'"}},
+    {"mapping for scalar", "train: {steps: {a: 1}}", {}, {"train.steps", "mapping"}},
+    {"section not a map", "train: 5", {}, {"train", "mapping"}},
+    {"negative steps", "train: {steps: 0}", {}, {"train.steps = 0", ">= 1"}},
+    {"top_k > experts",
+     "model: {num_routed_experts: 4, top_k: 5}",
+     {},
+     {"model.top_k = 5", "num_routed_experts (4)"}},
+    {"bad enum", "model: {scoring: relu}", {}, {"model.scoring", "'relu'", "sigmoid | softmax"}},
+    {"bad data source", "data: {source: web}", {}, {"data.source", "'web'", "synthetic | tokens"}},
+    {"tokens without path", "data: {source: tokens}", {}, {"data.path", "data.source = tokens"}},
+    {"groups must divide",
+     "model: {num_routed_experts: 8, num_groups: 3}",
+     {},
+     {"model.num_groups = 3", "(8)"}},
+    {"topk_groups range", "model: {num_groups: 2, topk_groups: 3}", {}, {"model.topk_groups = 3"}},
+    {"group capacity",
+     "model: {num_routed_experts: 8, num_groups: 4, topk_groups: 1, top_k: 3}",
+     {},
+     {"model.topk_groups", "(2)", "model.top_k (3)"}},
+    {"min_lr above lr", "optim: {lr: 1.0e-3, min_lr: 1.0e-2}", {}, {"optim.min_lr", "optim.lr"}},
+    {"zero stage", "parallel: {zero_stage: 3}", {}, {"parallel.zero_stage = 3", "0 or 1"}},
+    {"ep divides experts",
+     "parallel: {expert_parallel: 3}",
+     {},
+     {"parallel.expert_parallel (3)", "model.num_routed_experts (8)"}},
+    {"vocab too small", "model: {vocab_size: 100}", {}, {"model.vocab_size (100)", "259"}},
+    {"seq_len too long",
+     "model: {max_seq_len: 16}\ntrain: {seq_len: 32}",
+     {},
+     {"train.seq_len (32)", "model.max_seq_len (16)"}},
+    {"recompute enum", "model: {recompute: some}", {}, {"model.recompute", "'some'"}},
+    {"rope dims even", "model: {qk_rope_head_dim: 3}", {}, {"model.qk_rope_head_dim = 3", "even"}},
+    {"dense layers range",
+     "model: {num_layers: 2, num_dense_layers: 3}",
+     {},
+     {"model.num_dense_layers = 3"}},
+    {"set unknown key", "{}", {"train.setps=3"}, {"train.setps", "did you mean 'steps'"}},
+    {"set bad syntax", "{}", {"train.steps"}, {"--set 'train.steps'", "section.key=value"}},
+    {"set no section", "{}", {"steps=3"}, {"'steps'", "section.key"}},
+    {"set wrong type", "{}", {"train.steps=many"}, {"train.steps", "'many'"}},
+    {"invalid yaml", "train: [1, 2", {}, {"test.yaml", "invalid YAML", "line"}},
+    {"log every", "log: {every: 0}", {}, {"log.every = 0"}},
+    {"dtype", "train: {dtype: fp8}", {}, {"train.dtype", "'fp8'", "fp32 | bf16"}},
+};
+
+INSTANTIATE_TEST_SUITE_P(All, ConfigErrors, ::testing::ValuesIn(kCases));
+
+}  // namespace
+
+TEST(Config, DefaultsParseAndOverridesApplyInOrder) {
+  auto c = parse_config_text("train: {steps: 7}",
+                             {"train.steps=9", "optim.lr=0.5", "optim.lr=0.25", "run.dir=x"});
+  EXPECT_EQ(c.train.steps, 9);
+  EXPECT_DOUBLE_EQ(c.optim.lr, 0.25);
+  EXPECT_EQ(c.run.dir, "x");
+  EXPECT_EQ(c.model.num_routed_experts, 8);
+}
+
+TEST(Config, ResolvedYamlRoundTripsExactly) {
+  auto c = parse_config_text("model: {route_scale: 2.5, init_std: 0.006}\ntrain: {steps: 11}",
+                             {"run.dir=a b"});
+  auto text = config_to_yaml(c);
+  auto c2 = parse_config_text(text);
+  EXPECT_EQ(config_to_yaml(c2), text);
+  EXPECT_DOUBLE_EQ(c2.model.init_std, 0.006);
+  EXPECT_EQ(c2.run.dir, "a b");
+  EXPECT_EQ(c2.train.steps, 11);
+}
+
+TEST(Config, WorldDependentChecksNameEveryOperand) {
+  auto c = parse_config_text(
+      "train: {global_batch_size: 8, micro_batch_size: 2}\nparallel: {expert_parallel: 2}");
+  c.validate_for_world(4);  // dp 4: 8 = 2 x 4, fine
+  try {
+    c.validate_for_world(3);
+    FAIL() << "expected an error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("parallel.expert_parallel (2) must divide the data-parallel "
+                                   "size (3) = world (3) / pipeline_parallel (1)"),
+        std::string::npos)
+        << e.what();
+  }
+  auto c2 = parse_config_text("train: {global_batch_size: 8, micro_batch_size: 4}");
+  try {
+    c2.validate_for_world(4);
+    FAIL() << "expected an error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("train.global_batch_size (8) must be divisible by "
+                                   "train.micro_batch_size (4) x data-parallel size (4) = 16"),
+        std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Config, MissingFileIsNamed) {
+  try {
+    load_config("/nonexistent/x.yaml");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/x.yaml"), std::string::npos);
+  }
+}
+
+TEST(Config, ShippedConfigsParse) {
+  for (const char* f :
+       {"configs/tiny.yaml", "configs/quickstart.yaml", "configs/deepseek-v3-671b.yaml",
+        "configs/deepseek-v2-lite-16b.yaml", "configs/deepseek-v3-mini.yaml"}) {
+    EXPECT_NO_THROW(load_config(condensa::testing::source_path(f))) << f;
+  }
+}
+
+TEST(Config, EveryKeyIsDocumented) {
+  std::ifstream in(condensa::testing::source_path("docs/config.md"));
+  ASSERT_TRUE(in.good()) << "docs/config.md missing";
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string doc = ss.str();
+  // Keys listed by the schema itself.
+  std::vector<std::string> keys;
+  const std::string ref = config_reference_markdown();
+  const std::regex key_re("\\| `([a-z_]+\\.[a-z_0-9]+)` \\|");
+  for (auto it = std::sregex_iterator(ref.begin(), ref.end(), key_re); it != std::sregex_iterator();
+       ++it) {
+    keys.push_back((*it)[1]);
+  }
+  EXPECT_GT(keys.size(), 60u);
+  for (const auto& k : keys)
+    EXPECT_NE(doc.find("`" + k + "`"), std::string::npos) << k << " is not in docs/config.md";
+}
+
+TEST(ConfigCli, TrainWithBadConfigExitsTwoAndNamesKey) {
+  condensa::testing::TempDir dir;
+  std::ofstream(dir.path() / "bad.yaml") << "train: {steps: -1}\n";
+  auto r = condensa::testing::run_condensa("train " + (dir.path() / "bad.yaml").string());
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("train.steps = -1"), std::string::npos) << r.output;
+  auto r2 = condensa::testing::run_condensa(
+      "train " + condensa::testing::source_path("configs/tiny.yaml") + " --set model.top_k=9");
+  EXPECT_EQ(r2.exit_code, 2) << r2.output;
+  EXPECT_NE(r2.output.find("model.top_k = 9"), std::string::npos) << r2.output;
+  auto r3 = condensa::testing::run_condensa("train --help");
+  EXPECT_EQ(r3.exit_code, 0);
+  EXPECT_NE(r3.output.find("usage: condensa train"), std::string::npos);
+}

@@ -1,0 +1,522 @@
+// Checkpoint directory mechanics. See checkpoint_io.h for the protocol; docs/checkpoint.md for
+// the on-disk layout and what a crash at each point leaves behind.
+#include "trainer/checkpoint/directory.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <set>
+
+#include "common/error.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the XXH64 implementation below reads words in host order and needs a little-endian host"
+#endif
+
+namespace condensa::trainer {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kMetaFile = "meta.json";
+constexpr const char* kLatestFile = "latest";
+constexpr const char* kTmpPrefix = ".tmp-";  // being written by the ranks
+constexpr const char* kOldPrefix = ".old-";  // a same-step checkpoint being replaced
+constexpr const char* kDelPrefix = ".del-";  // a pruned checkpoint being removed
+
+std::string errno_text() { return std::strerror(errno); }
+
+std::string hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016" PRIx64, v);
+  return buf;
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.compare(0, prefix.size(), prefix) == 0;
+}
+
+std::string join(const fs::path& dir, const std::string& name) { return (dir / name).string(); }
+
+void remove_all_or_throw(const fs::path& p) {
+  std::error_code ec;
+  fs::remove_all(p, ec);
+  CONDENSA_CHECK(!ec, CheckpointError, "cannot remove ", p.string(), ": ", ec.message());
+}
+
+void rename_or_throw(const fs::path& from, const fs::path& to) {
+  if (std::rename(from.c_str(), to.c_str()) != 0) {
+    throw CheckpointError(
+        str("cannot rename ", from.string(), " to ", to.string(), ": ", errno_text()));
+  }
+}
+
+uint64_t file_size_or_throw(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0)
+    throw CheckpointError(str("cannot stat ", path, ": ", errno_text()));
+  return static_cast<uint64_t>(st.st_size);
+}
+
+nlohmann::json parse_json_file(const std::string& path) {
+  const std::string text = read_file(path);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError(str("invalid JSON in ", path, ": ", e.what()));
+  }
+}
+
+// A file name a rank may list in its manifest: a plain name that cannot clash with ours.
+void check_rank_file_name(const std::string& tmp_dir, int rank, const std::string& name) {
+  const bool ok = !name.empty() && name != "." && name != ".." &&
+                  name.find('/') == std::string::npos && name != kMetaFile &&
+                  !starts_with(name, "manifest-");
+  CONDENSA_CHECK(ok, CheckpointError, "rank ", rank, " cannot list '", name,
+                 "' in its manifest in ", tmp_dir,
+                 ": files must be plain names other than meta.json and manifest-*");
+}
+
+// Reads rank r's manifest and adds its files (with "rank": r) to *files.
+void merge_manifest(const fs::path& tmp, int rank, int world_size, nlohmann::json* files) {
+  const std::string path = join(tmp, manifest_file_name(rank));
+  std::error_code ec;
+  CONDENSA_CHECK(fs::exists(path, ec), CheckpointError, "cannot commit checkpoint ", tmp.string(),
+                 ": rank ", rank, " of world_size ", world_size, " left no manifest ", path,
+                 " (did every rank finish writing its files?)");
+  const nlohmann::json manifest = parse_json_file(path);
+  CONDENSA_CHECK(manifest.is_object() && manifest.contains("rank") && manifest["rank"] == rank &&
+                     manifest.contains("files") && manifest["files"].is_object(),
+                 CheckpointError, "manifest ", path, " is malformed or is not rank ", rank, "'s");
+  for (const auto& [name, entry] : manifest["files"].items()) {
+    check_rank_file_name(tmp.string(), rank, name);
+    if (files->contains(name)) {
+      throw CheckpointError(str("cannot commit checkpoint ", tmp.string(), ": file ", name,
+                                " is listed by rank ", (*files)[name]["rank"].get<int>(),
+                                " and by rank ", rank));
+    }
+    const std::string file_path = join(tmp, name);
+    CONDENSA_CHECK(
+        entry.is_object() && entry.contains("bytes") && entry["bytes"].is_number_unsigned() &&
+            entry.contains("xxh64") && entry["xxh64"].is_string(),
+        CheckpointError, "manifest ", path, ": entry for ", name, " is malformed: ", entry.dump());
+    const uint64_t expected = entry["bytes"].get<uint64_t>();
+    const uint64_t actual = file_size_or_throw(file_path);
+    CONDENSA_CHECK(actual == expected, CheckpointError, "cannot commit checkpoint: ", file_path,
+                   " is ", actual, " bytes but rank ", rank, "'s manifest records ", expected);
+    nlohmann::json merged = entry;
+    merged["rank"] = rank;
+    (*files)[name] = std::move(merged);
+  }
+}
+
+// Ranks >= world_size must not have left manifests: that means the ranks disagree on the world.
+void check_no_extra_manifests(const fs::path& tmp, int world_size) {
+  for (const auto& e : fs::directory_iterator(tmp)) {
+    const std::string name = e.path().filename().string();
+    int rank = -1;
+    if (std::sscanf(name.c_str(), "manifest-rank%d.json", &rank) == 1 && rank >= world_size) {
+      throw CheckpointError(str("cannot commit checkpoint ", tmp.string(), ": found ", name,
+                                " but world_size is ", world_size));
+    }
+  }
+}
+
+// Complete step directories (name parses, meta.json present), oldest first.
+std::vector<std::pair<int64_t, fs::path>> list_step_dirs(const fs::path& root, bool require_meta) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    auto step = parse_step_dir_name(e.path().filename().string());
+    if (!step || !e.is_directory()) continue;
+    if (require_meta && !fs::exists(e.path() / kMetaFile)) continue;
+    out.emplace_back(*step, e.path());
+  }
+  CONDENSA_CHECK(!ec, CheckpointError, "cannot list checkpoint directory ", root.string(), ": ",
+                 ec.message());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Removes the oldest complete checkpoints (never `current_step`) so that `keep` remain, and
+// leftovers of interrupted replacements and prunes. Each victim is first renamed to a hidden
+// name, so a crash mid-removal leaves nothing that looks like a checkpoint.
+void prune_checkpoints(const fs::path& root, int keep, int64_t current_step) {
+  auto dirs = list_step_dirs(root, /*require_meta=*/true);
+  if (keep > 0 && dirs.size() > static_cast<size_t>(keep)) {
+    size_t excess = dirs.size() - static_cast<size_t>(keep);
+    for (const auto& [step, path] : dirs) {
+      if (excess == 0) break;
+      if (step == current_step) continue;
+      const fs::path hidden = root / (kDelPrefix + path.filename().string());
+      remove_all_or_throw(hidden);
+      rename_or_throw(path, hidden);
+      --excess;
+    }
+    fsync_directory(root.string());
+  }
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    if (starts_with(name, kDelPrefix) || starts_with(name, kOldPrefix))
+      remove_all_or_throw(e.path());
+  }
+}
+
+}  // namespace
+
+// ---- names -----------------------------------------------------------------------------------
+
+std::string step_dir_name(int64_t step) {
+  CONDENSA_CHECK(step >= 0, CheckpointError, "checkpoint step must be non-negative, got ", step);
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "step_%08" PRId64, step);
+  return buf;
+}
+
+std::optional<int64_t> parse_step_dir_name(const std::string& name) {
+  const std::string prefix = "step_";
+  if (!starts_with(name, prefix) || name.size() < prefix.size() + 8 ||
+      name.size() > prefix.size() + 18) {
+    return std::nullopt;
+  }
+  int64_t step = 0;
+  for (size_t i = prefix.size(); i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return std::nullopt;
+    step = step * 10 + (name[i] - '0');
+  }
+  if (step_dir_name(step) != name) return std::nullopt;  // e.g. "step_000000001": not canonical
+  return step;
+}
+
+std::string rank_file_name(const std::string& kind, int rank) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "-rank%05d.safetensors", rank);
+  return kind + buf;
+}
+
+std::string manifest_file_name(int rank) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "manifest-rank%05d.json", rank);
+  return buf;
+}
+
+// ---- the three phases ------------------------------------------------------------------------
+
+std::string prepare_checkpoint_dir(const std::string& root, int64_t step) {
+  const fs::path tmp = fs::path(root) / (kTmpPrefix + step_dir_name(step));
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  CONDENSA_CHECK(!ec, CheckpointError, "cannot create checkpoint directory ", root, ": ",
+                 ec.message());
+  remove_all_or_throw(tmp);
+  fs::create_directory(tmp, ec);
+  CONDENSA_CHECK(!ec, CheckpointError, "cannot create ", tmp.string(), ": ", ec.message());
+  return tmp.string();
+}
+
+void write_rank_manifest(const std::string& tmp_dir,
+                         int rank,
+                         const std::vector<std::string>& files) {
+  CONDENSA_CHECK(rank >= 0, CheckpointError, "rank must be non-negative, got ", rank);
+  std::error_code ec;
+  CONDENSA_CHECK(fs::is_directory(tmp_dir, ec), CheckpointError, "rank ", rank,
+                 ": checkpoint temp directory ", tmp_dir, " does not exist");
+  nlohmann::json listed = nlohmann::json::object();
+  for (const auto& name : files) {
+    check_rank_file_name(tmp_dir, rank, name);
+    CONDENSA_CHECK(!listed.contains(name), CheckpointError, "rank ", rank, " lists '", name,
+                   "' twice in its manifest");
+    const std::string path = join(tmp_dir, name);
+    listed[name] = {{"bytes", file_size_or_throw(path)}, {"xxh64", hex64(file_xxh64(path))}};
+  }
+  const nlohmann::json manifest = {
+      {"format_version", kCheckpointFormatVersion}, {"rank", rank}, {"files", listed}};
+  atomic_write_file(join(tmp_dir, manifest_file_name(rank)), manifest.dump(2) + "\n");
+}
+
+std::string commit_checkpoint(const std::string& root,
+                              const std::string& tmp_dir,
+                              int64_t step,
+                              const nlohmann::json& meta,
+                              int world_size,
+                              int keep) {
+  // ---- checks ----
+  const std::string name = step_dir_name(step);
+  const fs::path tmp(tmp_dir);
+  CONDENSA_CHECK(world_size >= 1, CheckpointError, "world_size must be at least 1, got ",
+                 world_size);
+  CONDENSA_CHECK(fs::is_directory(tmp), CheckpointError, "cannot commit checkpoint step ", step,
+                 ": temp directory ", tmp_dir, " does not exist");
+  CONDENSA_CHECK(meta.is_object() || meta.is_null(), CheckpointError,
+                 "checkpoint meta must be a JSON object, got ", meta.type_name());
+  for (const char* reserved : {"files", "format_version"}) {
+    CONDENSA_CHECK(!meta.contains(reserved), CheckpointError, "checkpoint meta must not set '",
+                   reserved, "': commit_checkpoint writes it");
+  }
+  CONDENSA_CHECK(!meta.contains("step") || meta["step"] == step, CheckpointError,
+                 "checkpoint meta says step ", meta.value("step", nlohmann::json()).dump(),
+                 " but it is being committed as step ", step);
+
+  // ---- merge the rank manifests into meta.json ----
+  nlohmann::json files = nlohmann::json::object();
+  for (int r = 0; r < world_size; ++r) merge_manifest(tmp, r, world_size, &files);
+  check_no_extra_manifests(tmp, world_size);
+  nlohmann::json full = meta.is_null() ? nlohmann::json::object() : meta;
+  full["format_version"] = kCheckpointFormatVersion;
+  full["step"] = step;
+  full["files"] = std::move(files);
+  for (int r = 0; r < world_size; ++r) remove_all_or_throw(tmp / manifest_file_name(r));
+  // NOTE: this also fsyncs tmp_dir, so every rank's files and their names are durable.
+  atomic_write_file(join(tmp, kMetaFile), full.dump(2) + "\n");
+
+  // ---- publish: one rename makes the checkpoint visible ----
+  const fs::path final_dir = fs::path(root) / name;
+  if (fs::exists(final_dir)) {  // re-saving a step (resumed from an older checkpoint)
+    const fs::path old = fs::path(root) / (kOldPrefix + name);
+    remove_all_or_throw(old);
+    rename_or_throw(final_dir, old);
+  }
+  rename_or_throw(tmp, final_dir);
+  fsync_directory(root);
+  atomic_write_file(join(root, kLatestFile), name);
+
+  // ---- retention ----
+  prune_checkpoints(root, keep, step);
+  return final_dir.string();
+}
+
+// ---- reading ---------------------------------------------------------------------------------
+
+nlohmann::json read_checkpoint_meta(const std::string& step_dir) {
+  const std::string path = join(step_dir, kMetaFile);
+  nlohmann::json meta = parse_json_file(path);
+  CONDENSA_CHECK(meta.is_object(), CheckpointError, path, " must hold a JSON object");
+  return meta;
+}
+
+void verify_checkpoint(const std::string& step_dir) {
+  const nlohmann::json meta = read_checkpoint_meta(step_dir);
+  const std::string meta_path = join(step_dir, kMetaFile);
+  const auto version = meta.value("format_version", nlohmann::json());
+  CONDENSA_CHECK(version.is_number_integer(), CheckpointError, meta_path,
+                 " has no integer format_version");
+  CONDENSA_CHECK(version.get<int>() <= kCheckpointFormatVersion, CheckpointError, meta_path,
+                 " has format_version ", version.get<int>(), " but this build reads up to ",
+                 kCheckpointFormatVersion);
+  CONDENSA_CHECK(meta.contains("files") && meta["files"].is_object(), CheckpointError, meta_path,
+                 " has no \"files\" object");
+  for (const auto& [name, entry] : meta["files"].items()) {
+    const std::string path = join(step_dir, name);
+    CONDENSA_CHECK(name.find('/') == std::string::npos && entry.is_object() &&
+                       entry.contains("bytes") && entry["bytes"].is_number_unsigned() &&
+                       entry.contains("xxh64") && entry["xxh64"].is_string(),
+                   CheckpointError, meta_path, ": entry for file '", name,
+                   "' is malformed: ", entry.dump());
+    std::error_code ec;
+    CONDENSA_CHECK(fs::is_regular_file(path, ec), CheckpointError, "checkpoint file ", path,
+                   " is missing (listed in ", meta_path, ")");
+    const uint64_t expected_bytes = entry["bytes"].get<uint64_t>();
+    const uint64_t actual_bytes = file_size_or_throw(path);
+    CONDENSA_CHECK(actual_bytes == expected_bytes, CheckpointError, "checkpoint file ", path,
+                   " is ", actual_bytes, " bytes, expected ", expected_bytes,
+                   " (truncated or overwritten?)");
+    const std::string expected_sum = entry["xxh64"].get<std::string>();
+    const std::string actual_sum = hex64(file_xxh64(path));
+    CONDENSA_CHECK(actual_sum == expected_sum, CheckpointError, "checkpoint file ", path,
+                   " has xxh64 ", actual_sum, ", expected ", expected_sum, " (corrupted?)");
+  }
+}
+
+std::optional<std::string> find_latest_checkpoint(const std::string& root,
+                                                  std::vector<std::string>* warnings) {
+  auto warn = [&](const std::string& w) {
+    if (warnings) warnings->push_back(w);
+  };
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return std::nullopt;
+  auto dirs = list_step_dirs(root, /*require_meta=*/false);
+  std::optional<std::string> found;
+  for (auto it = dirs.rbegin(); it != dirs.rend() && !found; ++it) {
+    try {
+      verify_checkpoint(it->second.string());
+      found = it->second.string();
+    } catch (const std::exception& e) {  // CheckpointError, or a malformed meta.json entry
+      warn(str("skipping checkpoint ", it->second.string(), ": ", e.what()));
+    }
+  }
+  const std::string latest_path = join(root, kLatestFile);
+  if (fs::exists(latest_path, ec)) {
+    std::string hint = read_file(latest_path);
+    hint.erase(hint.find_last_not_of(" \t\r\n") + 1);
+    const std::string chosen = found ? fs::path(*found).filename().string() : "(none)";
+    if (hint != chosen) {
+      warn(str(latest_path, " names ", hint, " but the newest valid checkpoint is ", chosen));
+    }
+  }
+  return found;
+}
+
+// ---- durable file helpers --------------------------------------------------------------------
+
+SyncedFileWriter::SyncedFileWriter(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw CheckpointError(str("cannot create ", path, ": ", errno_text()));
+}
+
+SyncedFileWriter::~SyncedFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void SyncedFileWriter::write(const void* data, size_t num_bytes) {
+  CONDENSA_CHECK(fd_ >= 0, CheckpointError, "write to ", path_, " after finish()");
+  const char* p = static_cast<const char*>(data);
+  while (num_bytes > 0) {
+    ssize_t n = ::write(fd_, p, std::min<size_t>(num_bytes, size_t{1} << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw CheckpointError(str("cannot write ", path_, ": ", errno_text()));
+    p += n;
+    num_bytes -= static_cast<size_t>(n);
+  }
+}
+
+void SyncedFileWriter::finish() {
+  CONDENSA_CHECK(fd_ >= 0, CheckpointError, "finish() called twice on ", path_);
+  if (::fsync(fd_) != 0) throw CheckpointError(str("cannot fsync ", path_, ": ", errno_text()));
+  const int rc = ::close(fd_);
+  fd_ = -1;
+  if (rc != 0) throw CheckpointError(str("cannot close ", path_, ": ", errno_text()));
+}
+
+void fsync_directory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw CheckpointError(str("cannot open directory ", dir, ": ", errno_text()));
+  const int rc = ::fsync(fd);
+  const std::string err = rc != 0 ? errno_text() : "";
+  ::close(fd);
+  if (rc != 0) throw CheckpointError(str("cannot fsync directory ", dir, ": ", err));
+}
+
+void atomic_write_file(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp";
+  {
+    SyncedFileWriter out(tmp);
+    out.write(bytes.data(), bytes.size());
+    out.finish();
+  }
+  rename_or_throw(tmp, path);
+  const fs::path parent = fs::path(path).parent_path();
+  fsync_directory(parent.empty() ? "." : parent.string());
+}
+
+std::string read_file(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw CheckpointError(str("cannot read ", path, ": ", errno_text()));
+  std::string out;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  const bool failed = std::ferror(f);
+  std::fclose(f);
+  CONDENSA_CHECK(!failed, CheckpointError, "cannot read ", path, ": read error");
+  return out;
+}
+
+uint64_t file_xxh64(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw CheckpointError(str("cannot read ", path, ": ", errno_text()));
+  Xxh64 h;
+  std::vector<char> buf(1 << 20);
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0) h.update(buf.data(), n);
+  const bool failed = std::ferror(f);
+  std::fclose(f);
+  CONDENSA_CHECK(!failed, CheckpointError, "cannot read ", path, ": read error");
+  return h.digest();
+}
+
+// ---- XXH64 -----------------------------------------------------------------------------------
+// The reference algorithm (github.com/Cyan4973/xxHash, xxhash.h), written out for 64 bits.
+
+namespace {
+constexpr uint64_t kP1 = 0x9E3779B185EBCA87ULL;
+constexpr uint64_t kP2 = 0xC2B2AE3D27D4EB4FULL;
+constexpr uint64_t kP3 = 0x165667B19E3779F9ULL;
+constexpr uint64_t kP4 = 0x85EBCA77C2B2AE63ULL;
+constexpr uint64_t kP5 = 0x27D4EB2F165667C5ULL;
+
+inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+inline uint64_t read64(const unsigned char* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);  // little-endian host (checked in safetensors.cpp)
+  return v;
+}
+inline uint32_t read32(const unsigned char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+inline uint64_t xxh_round(uint64_t acc, uint64_t input) {
+  return rotl(acc + input * kP2, 31) * kP1;
+}
+inline uint64_t xxh_merge(uint64_t h, uint64_t acc) { return (h ^ xxh_round(0, acc)) * kP1 + kP4; }
+}  // namespace
+
+Xxh64::Xxh64(uint64_t seed) : acc_{seed + kP1 + kP2, seed + kP2, seed, seed - kP1}, seed_(seed) {}
+
+void Xxh64::update(const void* data, size_t num_bytes) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  const unsigned char* end = p + num_bytes;
+  total_len_ += num_bytes;
+  if (buffered_ + num_bytes < 32) {
+    std::memcpy(buffer_ + buffered_, p, num_bytes);
+    buffered_ += num_bytes;
+    return;
+  }
+  if (buffered_ > 0) {
+    const size_t fill = 32 - buffered_;
+    std::memcpy(buffer_ + buffered_, p, fill);
+    for (int i = 0; i < 4; ++i) acc_[i] = xxh_round(acc_[i], read64(buffer_ + 8 * i));
+    p += fill;
+    buffered_ = 0;
+  }
+  for (; p + 32 <= end; p += 32) {
+    for (int i = 0; i < 4; ++i) acc_[i] = xxh_round(acc_[i], read64(p + 8 * i));
+  }
+  buffered_ = static_cast<size_t>(end - p);
+  std::memcpy(buffer_, p, buffered_);
+}
+
+uint64_t Xxh64::digest() const {
+  uint64_t h;
+  if (total_len_ >= 32) {
+    h = rotl(acc_[0], 1) + rotl(acc_[1], 7) + rotl(acc_[2], 12) + rotl(acc_[3], 18);
+    for (int i = 0; i < 4; ++i) h = xxh_merge(h, acc_[i]);
+  } else {
+    h = seed_ + kP5;
+  }
+  h += total_len_;
+  const unsigned char* p = buffer_;
+  const unsigned char* end = buffer_ + buffered_;
+  for (; p + 8 <= end; p += 8) h = rotl(h ^ xxh_round(0, read64(p)), 27) * kP1 + kP4;
+  if (p + 4 <= end) {
+    h = rotl(h ^ (static_cast<uint64_t>(read32(p)) * kP1), 23) * kP2 + kP3;
+    p += 4;
+  }
+  for (; p < end; ++p) h = rotl(h ^ (*p * kP5), 11) * kP1;
+  h ^= h >> 33;
+  h *= kP2;
+  h ^= h >> 29;
+  h *= kP3;
+  h ^= h >> 32;
+  return h;
+}
+
+}  // namespace condensa::trainer

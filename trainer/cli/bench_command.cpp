@@ -1,0 +1,172 @@
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+
+#include "common/args.h"
+#include "common/error.h"
+#include "common/matmul_peak.h"
+#include "model/moe/layer.h"
+#include "parallel/bench_alltoall.h"
+#include "parallel/expert_parallel.h"
+#include "parallel/mesh.h"
+#include "trainer/cli/commands.h"
+#include "trainer/cli/world.h"
+
+namespace condensa::trainer {
+
+namespace {
+
+const char* kBenchHelp = R"(usage: condensa bench <matmul|alltoall|moe> [options]
+
+  matmul    [--dtype fp32|bf16|all] [--sizes 256,512,1024,2048] [--seconds S] [--threads N]
+            GFLOP/s of square matmuls: the peak the trainer's MFU is measured against.
+  alltoall  [--min-bytes B] [--max-bytes B] [--iters N] [--warmup N] [--dtype fp32|bf16]
+            nccl-tests style table (run under mpirun; verifies every element it moves).
+  moe       --config X.yaml [--set k=v ...] [--iters N]
+            times route, dispatch, experts and combine of one MoE layer separately (run under
+            mpirun with parallel.expert_parallel > 1 to measure the all-to-all).
+)";
+
+std::vector<int64_t> parse_sizes(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      out.push_back(std::stoll(item));
+    } catch (const std::exception&) {
+      throw ConfigError(str("--sizes: expected comma-separated integers, got '", s, "'"));
+    }
+  }
+  return out;
+}
+
+torch::ScalarType parse_dtype(const std::string& s, const char* flag) {
+  if (s == "fp32") return torch::kFloat32;
+  if (s == "bf16") return torch::kBFloat16;
+  throw ConfigError(str(flag, ": expected fp32 or bf16, got '", s, "'"));
+}
+
+int bench_matmul(const ParsedArgs& a) {
+  const std::string which = a.get("--dtype", "all");
+  std::vector<std::string> dtypes =
+      which == "all" ? std::vector<std::string>{"fp32", "bf16"} : std::vector<std::string>{which};
+  for (auto& d : dtypes) parse_dtype(d, "--dtype");
+  auto sizes = parse_sizes(a.get("--sizes", "256,512,1024,2048"));
+  const double seconds = a.get_double("--seconds", 1.0);
+  if (a.has("--threads")) at::set_num_threads(static_cast<int>(a.get_int("--threads", 1)));
+  std::printf("matmul on %d threads (n x n times n x n, %.1f s each)\n", at::get_num_threads(),
+              seconds);
+  std::printf("%8s %6s %12s\n", "n", "dtype", "GFLOP/s");
+  for (auto& d : dtypes) {
+    for (auto n : sizes) {
+      double f = measure_matmul_flops(parse_dtype(d, "--dtype"), n, seconds);
+      std::printf("%8ld %6s %12.1f\n", static_cast<long>(n), d.c_str(), f / 1e9);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
+int bench_alltoall(const ParsedArgs& a) {
+  ParallelConfig pc;
+  World world = make_world(pc);
+  parallel::AllToAllBenchOptions o;
+  o.min_bytes = a.get_int("--min-bytes", o.min_bytes);
+  o.max_bytes = a.get_int("--max-bytes", o.max_bytes);
+  o.iters = static_cast<int>(a.get_int("--iters", o.iters));
+  o.warmup = static_cast<int>(a.get_int("--warmup", o.warmup));
+  o.dtype = parse_dtype(a.get("--dtype", "fp32"), "--dtype");
+  return parallel::run_alltoall_bench(world.comm(), o);
+}
+
+int bench_moe(const ParsedArgs& a) {
+  CONDENSA_CHECK(a.has("--config"), ConfigError, "bench moe needs --config X.yaml");
+  Config cfg = load_config(
+      a.get("--config"), a.flags.count("--set") ? a.flags.at("--set") : std::vector<std::string>{});
+  World world = make_world(cfg.parallel);
+  auto& comm = world.comm();
+  cfg.validate_for_world(comm.size());
+  parallel::MeshOptions mo;
+  mo.expert_parallel = static_cast<int>(cfg.parallel.expert_parallel);
+  auto mesh = parallel::Mesh::create(comm, mo);
+  const auto& m = cfg.model;
+  std::shared_ptr<model::TokenDispatcher> dispatcher;
+  if (mesh.ep_size() > 1) {
+    dispatcher = std::make_shared<parallel::AllToAllDispatcher>(mesh.ep(), m.num_routed_experts);
+  } else {
+    dispatcher = std::make_shared<model::LocalDispatcher>(m.num_routed_experts);
+  }
+  model::MoELayer layer(m, dispatcher);
+  {
+    torch::NoGradGuard g;
+    for (auto& p : layer->parameters()) p.normal_(0, m.init_std);
+  }
+  const int64_t iters = a.get_int("--iters", 20);
+  const int64_t T = cfg.train.micro_batch_size * cfg.train.seq_len;
+  torch::manual_seed(1000 + comm.rank());
+  auto x = torch::randn({T, m.hidden_size});
+  double t_route = 0, t_dispatch = 0, t_experts = 0, t_combine = 0;
+  auto now = [] { return std::chrono::steady_clock::now(); };
+  auto secs = [](auto a0, auto b0) { return std::chrono::duration<double>(b0 - a0).count(); };
+  torch::NoGradGuard no_grad;
+  for (int64_t i = 0; i < iters + 2; ++i) {
+    comm.barrier();
+    auto t0 = now();
+    auto r = layer->gate(x);
+    auto t1 = now();
+    auto d = dispatcher->dispatch(x, r.topk_idx_TK, r.probs_TK);
+    auto t2 = now();
+    auto y = layer->experts(d.x_ND, d.rows_per_expert);
+    auto t3 = now();
+    auto out = dispatcher->combine(y, *d.handle);
+    auto t4 = now();
+    if (i >= 2) {
+      t_route += secs(t0, t1), t_dispatch += secs(t1, t2), t_experts += secs(t2, t3),
+          t_combine += secs(t3, t4);
+    }
+  }
+  auto times = torch::tensor({t_route, t_dispatch, t_experts, t_combine}, torch::kFloat64) /
+               static_cast<double>(iters);
+  comm.all_reduce(times, parallel::ReduceOp::kMax);
+  if (comm.rank() == 0) {
+    auto v = times.accessor<double, 1>();
+    double total = v[0] + v[1] + v[2] + v[3];
+    std::printf(
+        "MoE layer forward: %ld tokens/rank, d %ld, %ld experts top-%ld, ep %d (%s), max over "
+        "ranks\n",
+        static_cast<long>(T), static_cast<long>(m.hidden_size),
+        static_cast<long>(m.num_routed_experts), static_cast<long>(m.top_k), mesh.ep_size(),
+        comm.backend_name().c_str());
+    std::printf("%10s %12s %8s\n", "phase", "time (ms)", "share");
+    const char* names[] = {"route", "dispatch", "experts", "combine"};
+    for (int i = 0; i < 4; ++i)
+      std::printf("%10s %12.3f %7.1f%%\n", names[i], v[i] * 1e3, 100 * v[i] / total);
+    std::printf(
+        "token movement (dispatch + combine; all-to-all when ep > 1): %.1f%% of the layer\n",
+        100 * (v[1] + v[3]) / total);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int bench_command(const Args& args) {
+  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
+    std::fputs(kBenchHelp, stdout);
+    return args.empty() ? 2 : 0;
+  }
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  auto a = parse_args(rest, {"--dtype", "--sizes", "--seconds", "--threads", "--min-bytes",
+                             "--max-bytes", "--iters", "--warmup", "--config", "--set"});
+  if (a.help) {
+    std::fputs(kBenchHelp, stdout);
+    return 0;
+  }
+  if (args[0] == "matmul") return bench_matmul(a);
+  if (args[0] == "alltoall") return bench_alltoall(a);
+  if (args[0] == "moe") return bench_moe(a);
+  throw ConfigError(str("unknown benchmark '", args[0], "' (matmul, alltoall, moe)"));
+}
+
+}  // namespace condensa::trainer

@@ -1,0 +1,72 @@
+// `condensa train CONFIG.yaml [--set key=value ...]`.
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+
+#include "common/args.h"
+#include "common/error.h"
+#include "trainer/cli/commands.h"
+#include "trainer/cli/world.h"
+#include "trainer/trainer.h"
+
+namespace condensa::trainer {
+namespace {
+
+std::atomic<bool> g_stop{false};  // set by SIGINT/SIGTERM; read once per step
+
+extern "C" void on_stop_signal(int) { g_stop.store(true); }
+
+const char* kTrainHelp = R"(usage: condensa train CONFIG.yaml [--set section.key=value ...]
+
+Trains the model described by CONFIG.yaml. Overrides are applied in order after the file;
+every key is documented in docs/config.md. Run under mpirun for several ranks
+(launch/train.sh does that). SIGINT/SIGTERM finish the current step, save a checkpoint
+and exit 0. Exit codes: 0 done, 1 runtime error, 2 configuration error.
+
+options:
+  --set section.key=value   override one config key (repeatable)
+  --print-config            print the resolved config and exit
+  --config-reference        print every key with its default and meaning (markdown)
+)";
+
+}  // namespace
+
+int train_command(const Args& args) {
+  auto a = parse_args(args, {"--set"}, {"--print-config", "--config-reference"});
+  if (a.help) {
+    std::fputs(kTrainHelp, stdout);
+    return 0;
+  }
+  if (a.has("--config-reference")) {
+    std::fputs(config_reference_markdown().c_str(), stdout);
+    return 0;
+  }
+  if (a.positional.size() != 1)
+    throw ConfigError("expected exactly one CONFIG.yaml (see condensa train --help)");
+  Config cfg = load_config(a.positional[0], a.flags["--set"]);
+  if (a.has("--print-config")) {
+    std::fputs(config_to_yaml(cfg).c_str(), stdout);
+    return 0;
+  }
+  if (cfg.parallel.pipeline_parallel != 1) {
+    throw ConfigError(
+        str("parallel.pipeline_parallel (", cfg.parallel.pipeline_parallel,
+            ") > 1: pipeline schedules are not implemented in the trainer yet (condensa plan "
+            "accepts such layouts); use 1"));
+  }
+  World world = make_world(cfg.parallel);
+  auto& comm = world.comm();
+  cfg.validate_for_world(comm.size());
+  if (comm.rank() == 0) {
+    std::printf("resolved config (%s):\n%s\n", a.positional[0].c_str(),
+                config_to_yaml(cfg).c_str());
+    std::fflush(stdout);
+  }
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+  Trainer trainer(cfg, comm, &g_stop);
+  trainer.run();
+  return 0;
+}
+
+}  // namespace condensa::trainer

@@ -1,0 +1,420 @@
+// YAML <-> Config. The section structs list their keys through `visit`; this file walks them
+// with three visitors: one that reads a YAML node (and records which keys it used, so that
+// unknown keys are reported with a "did you mean"), one that writes YAML, one that lists keys.
+#include "trainer/config/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include "common/error.h"
+
+namespace condensa::trainer {
+namespace {
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t sub = prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, sub});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string did_you_mean(const std::string& key, const std::vector<std::string>& known) {
+  std::string best;
+  size_t best_d = std::numeric_limits<size_t>::max();
+  for (const auto& k : known) {
+    size_t d = edit_distance(key, k);
+    if (d < best_d) best_d = d, best = k;
+  }
+  if (!best.empty() && best_d <= std::max<size_t>(2, key.size() / 3)) {
+    return " (did you mean '" + best + "'?)";
+  }
+  std::string all;
+  for (const auto& k : known) all += (all.empty() ? "" : ", ") + k;
+  return " (known keys: " + all + ")";
+}
+
+std::string scalar_text(const YAML::Node& n) {
+  if (n.IsScalar()) return "'" + n.Scalar() + "'";
+  if (n.IsSequence()) return "a list";
+  if (n.IsMap()) return "a mapping";
+  return "null";
+}
+
+// Reads one section's keys from a YAML mapping.
+class Reader {
+ public:
+  Reader(const YAML::Node& node, std::string prefix) : node_(node), prefix_(std::move(prefix)) {}
+
+  template <class T>
+  void operator()(const char* key, T& value, const char* /*doc*/) {
+    known_.push_back(key);
+    if (!node_ || !node_.IsMap()) return;
+    YAML::Node n = node_[key];
+    if (!n) return;
+    read(std::string(prefix_) + "." + key, n, value);
+  }
+
+  // Throws on keys the section does not declare.
+  void check_unknown() const {
+    if (!node_ || node_.IsNull()) return;
+    if (!node_.IsMap()) {
+      throw ConfigError(str(prefix_, ": expected a mapping of keys, got ", scalar_text(node_)));
+    }
+    for (const auto& kv : node_) {
+      std::string k = kv.first.as<std::string>();
+      if (std::find(known_.begin(), known_.end(), k) == known_.end()) {
+        throw ConfigError(str("unknown key '", prefix_, ".", k, "'", did_you_mean(k, known_)));
+      }
+    }
+  }
+
+ private:
+  static void read(const std::string& path, const YAML::Node& n, int64_t& out) {
+    if (!n.IsScalar()) throw ConfigError(str(path, ": expected an integer, got ", scalar_text(n)));
+    const std::string& s = n.Scalar();
+    try {
+      size_t pos = 0;
+      long long v = std::stoll(s, &pos, 10);
+      if (pos != s.size()) throw std::invalid_argument(s);
+      out = v;
+    } catch (const std::exception&) {
+      throw ConfigError(str(path, ": expected an integer, got '", s, "'"));
+    }
+  }
+  static void read(const std::string& path, const YAML::Node& n, double& out) {
+    if (!n.IsScalar()) throw ConfigError(str(path, ": expected a number, got ", scalar_text(n)));
+    const std::string& s = n.Scalar();
+    try {
+      size_t pos = 0;
+      double v = std::stod(s, &pos);
+      if (pos != s.size() || !std::isfinite(v)) throw std::invalid_argument(s);
+      out = v;
+    } catch (const std::exception&) {
+      throw ConfigError(str(path, ": expected a finite number, got '", s, "'"));
+    }
+  }
+  static void read(const std::string& path, const YAML::Node& n, bool& out) {
+    if (!n.IsScalar())
+      throw ConfigError(str(path, ": expected true or false, got ", scalar_text(n)));
+    const std::string& s = n.Scalar();
+    if (s == "true" || s == "True" || s == "yes" || s == "on" || s == "1") {
+      out = true;
+    } else if (s == "false" || s == "False" || s == "no" || s == "off" || s == "0") {
+      out = false;
+    } else {
+      throw ConfigError(str(path, ": expected true or false, got '", s, "'"));
+    }
+  }
+  static void read(const std::string& path, const YAML::Node& n, std::string& out) {
+    if (n.IsNull()) {
+      out.clear();
+      return;
+    }
+    if (!n.IsScalar()) throw ConfigError(str(path, ": expected a string, got ", scalar_text(n)));
+    out = n.Scalar();
+  }
+
+  YAML::Node node_;
+  std::string prefix_;
+  std::vector<std::string> known_;
+};
+
+class SectionReader {
+ public:
+  explicit SectionReader(const YAML::Node& root) : root_(root) {}
+  template <class S>
+  void section(const char* name, S& s) {
+    sections_.push_back(name);
+    Reader r(root_[name], name);
+    s.visit(r);
+    r.check_unknown();
+  }
+  void check_unknown() const {
+    for (const auto& kv : root_) {
+      std::string k = kv.first.as<std::string>();
+      if (std::find(sections_.begin(), sections_.end(), k) == sections_.end()) {
+        throw ConfigError(str("unknown section '", k, "'", did_you_mean(k, sections_)));
+      }
+    }
+  }
+
+ private:
+  YAML::Node root_;
+  std::vector<std::string> sections_;
+};
+
+class Writer {
+ public:
+  explicit Writer(YAML::Emitter& out) : out_(out) {}
+  template <class S>
+  void section(const char* name, S& s) {
+    out_ << YAML::Key << name << YAML::Value << YAML::BeginMap;
+    s.visit(*this);
+    out_ << YAML::EndMap;
+  }
+  void operator()(const char* key, int64_t& v, const char*) {
+    out_ << YAML::Key << key << YAML::Value << v;
+  }
+  void operator()(const char* key, bool& v, const char*) {
+    out_ << YAML::Key << key << YAML::Value << (v ? "true" : "false");
+  }
+  void operator()(const char* key, double& v, const char*) {
+    std::ostringstream os;
+    os.precision(17);
+    os << v;
+    std::string s = os.str();
+    if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+    out_ << YAML::Key << key << YAML::Value << s;
+  }
+  void operator()(const char* key, std::string& v, const char*) {
+    out_ << YAML::Key << key << YAML::Value << YAML::DoubleQuoted << v;
+  }
+
+ private:
+  YAML::Emitter& out_;
+};
+
+// Applies "section.key=value" to the YAML tree before the typed parse.
+void apply_override(YAML::Node& root, const std::string& text) {
+  auto eq = text.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    throw ConfigError(str("--set '", text, "': expected section.key=value"));
+  }
+  std::string key = text.substr(0, eq), value = text.substr(eq + 1);
+  auto dot = key.find('.');
+  if (dot == std::string::npos || dot == 0 || dot + 1 == key.size() ||
+      key.find('.', dot + 1) != std::string::npos) {
+    throw ConfigError(
+        str("--set '", text, "': key '", key, "' must be section.key (e.g. train.steps)"));
+  }
+  std::string section = key.substr(0, dot), name = key.substr(dot + 1);
+  YAML::Node parsed;
+  try {
+    parsed = YAML::Load(value);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(str("--set ", key, ": cannot parse value '", value, "': ", e.msg));
+  }
+  if (!root[section] || root[section].IsNull()) root[section] = YAML::Node(YAML::NodeType::Map);
+  if (!root[section].IsMap())
+    throw ConfigError(str("--set ", key, ": section '", section, "' is not a mapping"));
+  root[section][name] = parsed;
+}
+
+Config parse_root(YAML::Node root,
+                  const std::vector<std::string>& overrides,
+                  const std::string& source) {
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap())
+    throw ConfigError(str(source, ": expected a mapping of sections at the top level"));
+  for (const auto& o : overrides) apply_override(root, o);
+  Config c;
+  SectionReader reader(root);
+  c.visit_sections(reader);
+  reader.check_unknown();
+  c.validate();
+  return c;
+}
+
+}  // namespace
+
+Config parse_config_text(const std::string& text,
+                         const std::vector<std::string>& overrides,
+                         const std::string& source_name) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(str(source_name, ": invalid YAML at line ", e.mark.line + 1, ", column ",
+                          e.mark.column + 1, ": ", e.msg));
+  }
+  return parse_root(root, overrides, source_name);
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(str("cannot read config file '", path, "'"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_config_text(ss.str(), overrides, path);
+}
+
+std::string config_to_yaml(const Config& config) {
+  Config copy = config;
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  Writer w(out);
+  copy.visit_sections(w);
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+namespace {
+class MarkdownLister {
+ public:
+  explicit MarkdownLister(std::ostringstream& os) : os_(os) {}
+  template <class S>
+  void section(const char* name, S& s) {
+    section_ = name;
+    os_ << "\n### `" << name << "`\n\n| key | default | meaning |\n|---|---|---|\n";
+    s.visit(*this);
+  }
+  template <class T>
+  void operator()(const char* key, T& v, const char* doc) {
+    os_ << "| `" << section_ << "." << key << "` | `" << format(v) << "` | " << doc << " |\n";
+  }
+
+ private:
+  static std::string format(const std::string& v) { return "\"" + v + "\""; }
+  static std::string format(bool v) { return v ? "true" : "false"; }
+  static std::string format(int64_t v) { return std::to_string(v); }
+  static std::string format(double v) {
+    std::ostringstream os;
+    os << v;
+    return os.str();
+  }
+  std::ostringstream& os_;
+  std::string section_;
+};
+}  // namespace
+
+std::string config_reference_markdown() {
+  std::ostringstream os;
+  Config c;
+  MarkdownLister l(os);
+  c.visit_sections(l);
+  return os.str();
+}
+
+// ---- validation --------------------------------------------------------------------------
+
+namespace {
+template <class T>
+void require(bool ok, const std::string& key, const T& value, const std::string& rule) {
+  if (!ok) throw ConfigError(str(key, " = ", value, ": ", rule));
+}
+void require_one_of(const std::string& key,
+                    const std::string& value,
+                    std::initializer_list<const char*> allowed) {
+  std::string all;
+  for (const char* a : allowed) {
+    if (value == a) return;
+    all += (all.empty() ? "" : " | ") + std::string(a);
+  }
+  throw ConfigError(str(key, " = '", value, "': must be one of ", all));
+}
+}  // namespace
+
+void RunConfig::validate() const {
+  require(!dir.empty(), "run.dir", "''", "must not be empty");
+  require(seed >= 0, "run.seed", seed, "must be >= 0");
+  require(threads >= 0, "run.threads", threads, "must be >= 0");
+}
+
+void DataConfig::validate() const {
+  require_one_of("data.source", source, {"synthetic", "tokens"});
+  if (source == "tokens") {
+    require(!path.empty(), "data.path", "''",
+            "must name a token shard directory when data.source = tokens");
+  }
+  require_one_of("data.tokenizer", tokenizer, {"byte"});
+  require(val_fraction > 0 && val_fraction < 1, "data.val_fraction", val_fraction,
+          "must be in (0, 1)");
+}
+
+void TrainConfig::validate() const {
+  require(steps >= 1, "train.steps", steps, "must be >= 1");
+  require(global_batch_size >= 1, "train.global_batch_size", global_batch_size, "must be >= 1");
+  require(micro_batch_size >= 1, "train.micro_batch_size", micro_batch_size, "must be >= 1");
+  require(seq_len >= 2, "train.seq_len", seq_len, "must be >= 2");
+  require_one_of("train.dtype", dtype, {"fp32", "bf16"});
+  require(grad_clip >= 0, "train.grad_clip", grad_clip, "must be >= 0");
+  require(eval_every >= 0, "train.eval_every", eval_every, "must be >= 0");
+  require(eval_batches >= 1, "train.eval_batches", eval_batches, "must be >= 1");
+  require(stop_at_step >= 0, "train.stop_at_step", stop_at_step, "must be >= 0 (0 = off)");
+}
+
+void OptimConfig::validate() const {
+  require(lr > 0, "optim.lr", lr, "must be > 0");
+  require(min_lr >= 0 && min_lr <= lr, "optim.min_lr", min_lr,
+          str("must be in [0, optim.lr (", lr, ")]"));
+  require(warmup_steps >= 0, "optim.warmup_steps", warmup_steps, "must be >= 0");
+  require_one_of("optim.schedule", schedule, {"cosine", "linear", "constant"});
+  require(beta1 >= 0 && beta1 < 1, "optim.beta1", beta1, "must be in [0, 1)");
+  require(beta2 >= 0 && beta2 < 1, "optim.beta2", beta2, "must be in [0, 1)");
+  require(eps > 0, "optim.eps", eps, "must be > 0");
+  require(weight_decay >= 0, "optim.weight_decay", weight_decay, "must be >= 0");
+}
+
+void ParallelConfig::validate() const {
+  require(expert_parallel >= 1, "parallel.expert_parallel", expert_parallel, "must be >= 1");
+  require(pipeline_parallel >= 1, "parallel.pipeline_parallel", pipeline_parallel, "must be >= 1");
+  require(zero_stage == 0 || zero_stage == 1, "parallel.zero_stage", zero_stage, "must be 0 or 1");
+  require(timeout_s >= 0, "parallel.timeout_s", timeout_s,
+          "must be >= 0 (0 disables the watchdog)");
+  require_one_of("parallel.backend", backend, {"auto", "mpi", "nccl"});
+  require(ranks_per_node >= 0, "parallel.ranks_per_node", ranks_per_node, "must be >= 0");
+}
+
+void CheckpointConfig::validate() const {
+  require(every >= 0, "checkpoint.every", every, "must be >= 0");
+  require(keep >= 0, "checkpoint.keep", keep, "must be >= 0");
+  require(!resume.empty(), "checkpoint.resume", "''", "must be auto, none or a path");
+}
+
+void LogConfig::validate() const { require(every >= 1, "log.every", every, "must be >= 1"); }
+
+void Config::validate() const {
+  run.validate();
+  data.validate();
+  model.validate();
+  train.validate();
+  optim.validate();
+  parallel.validate();
+  checkpoint.validate();
+  log.validate();
+  if (data.tokenizer == "byte" && model.vocab_size < 259) {
+    throw ConfigError(str("model.vocab_size (", model.vocab_size,
+                          ") is smaller than the vocabulary of data.tokenizer 'byte' (259)"));
+  }
+  if (train.seq_len + model.mtp_depth > model.max_seq_len) {
+    throw ConfigError(str("train.seq_len (", train.seq_len, ") exceeds model.max_seq_len (",
+                          model.max_seq_len, ")"));
+  }
+  if (model.num_routed_experts % parallel.expert_parallel != 0) {
+    throw ConfigError(str("parallel.expert_parallel (", parallel.expert_parallel,
+                          ") must divide model.num_routed_experts (", model.num_routed_experts,
+                          ")"));
+  }
+}
+
+void Config::validate_for_world(int64_t world) const {
+  if (world % parallel.pipeline_parallel != 0) {
+    throw ConfigError(str("parallel.pipeline_parallel (", parallel.pipeline_parallel,
+                          ") must divide the world size (", world, ")"));
+  }
+  int64_t dp = data_parallel(world);
+  if (dp % parallel.expert_parallel != 0) {
+    throw ConfigError(str("parallel.expert_parallel (", parallel.expert_parallel,
+                          ") must divide the data-parallel size (", dp, ") = world (", world,
+                          ") / pipeline_parallel (", parallel.pipeline_parallel, ")"));
+  }
+  if (train.global_batch_size % (train.micro_batch_size * dp) != 0) {
+    throw ConfigError(str("train.global_batch_size (", train.global_batch_size,
+                          ") must be divisible by train.micro_batch_size (", train.micro_batch_size,
+                          ") x data-parallel size (", dp, ") = ", train.micro_batch_size * dp));
+  }
+}
+
+}  // namespace condensa::trainer

@@ -1,0 +1,303 @@
+#include "trainer/interop/hf.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "common/error.h"
+#include "trainer/checkpoint/directory.h"
+#include "trainer/checkpoint/safetensors.h"
+#include "trainer/checkpoint/state.h"
+
+namespace fs = std::filesystem;
+
+namespace condensa::trainer {
+
+namespace {
+// Our model keys with their visit() names, for the exact round trip block.
+struct JsonWriter {
+  nlohmann::json& j;
+  template <class T>
+  void operator()(const char* k, T& v, const char*) {
+    j[k] = v;
+  }
+};
+struct JsonReader {
+  const nlohmann::json& j;
+  const std::string& file;
+  template <class T>
+  void operator()(const char* k, T& v, const char*) {
+    if (!j.contains(k)) return;
+    try {
+      v = j.at(k).get<T>();
+    } catch (const std::exception&) {
+      throw CheckpointError(
+          str(file, ": condensa_model.", k, " has the wrong type: ", j.at(k).dump()));
+    }
+  }
+};
+}  // namespace
+
+nlohmann::json hf_config_json(const model::ModelConfig& m) {
+  nlohmann::json j = {
+      {"architectures", {"DeepseekV3ForCausalLM"}},
+      {"model_type", "deepseek_v3"},
+      {"vocab_size", m.vocab_size},
+      {"hidden_size", m.hidden_size},
+      {"intermediate_size", m.intermediate_size},
+      {"moe_intermediate_size", m.moe_intermediate_size},
+      {"num_hidden_layers", m.num_layers},
+      {"num_nextn_predict_layers", m.mtp_depth},
+      {"num_attention_heads", m.num_heads},
+      {"num_key_value_heads", m.num_heads},
+      {"n_shared_experts", m.num_shared_experts},
+      {"n_routed_experts", m.num_routed_experts},
+      {"routed_scaling_factor", m.route_scale},
+      {"kv_lora_rank", m.kv_lora_rank},
+      {"q_lora_rank", m.q_lora_rank == 0 ? nlohmann::json(nullptr) : nlohmann::json(m.q_lora_rank)},
+      {"qk_rope_head_dim", m.qk_rope_head_dim},
+      {"qk_nope_head_dim", m.qk_nope_head_dim},
+      {"v_head_dim", m.v_head_dim},
+      {"topk_method",
+       m.router_bias ? "noaux_tc" : (m.num_groups > 1 ? "group_limited_greedy" : "greedy")},
+      {"n_group", m.num_groups},
+      {"topk_group", m.topk_groups},
+      {"num_experts_per_tok", m.top_k},
+      {"moe_layer_freq", 1},
+      {"first_k_dense_replace", m.num_dense_layers},
+      {"norm_topk_prob", m.norm_topk_prob},
+      {"scoring_func", m.scoring},
+      {"hidden_act", "silu"},
+      {"max_position_embeddings", m.max_seq_len},
+      {"initializer_range", m.init_std},
+      {"rms_norm_eps", m.norm_eps},
+      {"rope_theta", m.rope_theta},
+      {"attention_bias", false},
+      {"attention_dropout", 0.0},
+      {"tie_word_embeddings", false},
+      {"use_cache", true},
+      {"bos_token_id", 256},
+      {"eos_token_id", 257},
+      {"torch_dtype", "float32"},
+  };
+  if (m.rope_factor > 1.0) {
+    j["rope_scaling"] = {{"type", "yarn"},
+                         {"factor", m.rope_factor},
+                         {"original_max_position_embeddings", m.rope_original_max_seq_len},
+                         {"beta_fast", m.rope_beta_fast},
+                         {"beta_slow", m.rope_beta_slow},
+                         {"mscale", m.rope_mscale},
+                         {"mscale_all_dim", m.rope_mscale_all_dim}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
+  nlohmann::json ours;
+  JsonWriter w{ours};
+  auto copy = m;
+  copy.visit(w);
+  j["condensa_model"] = ours;
+  return j;
+}
+
+model::ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& file) {
+  model::ModelConfig m;
+  if (j.contains("condensa_model")) {
+    JsonReader r{j["condensa_model"], file};
+    m.visit(r);
+    return m;
+  }
+  auto need = [&](const char* k) -> const nlohmann::json& {
+    CONDENSA_CHECK(j.contains(k), CheckpointError, file, ": missing key '", k, "'");
+    return j.at(k);
+  };
+  m.vocab_size = need("vocab_size");
+  m.hidden_size = need("hidden_size");
+  m.intermediate_size = need("intermediate_size");
+  m.moe_intermediate_size = need("moe_intermediate_size");
+  m.num_layers = need("num_hidden_layers");
+  m.mtp_depth = j.value("num_nextn_predict_layers", 0);
+  m.num_heads = need("num_attention_heads");
+  m.num_shared_experts = need("n_shared_experts");
+  m.num_routed_experts = need("n_routed_experts");
+  m.route_scale = j.value("routed_scaling_factor", 1.0);
+  m.kv_lora_rank = need("kv_lora_rank");
+  m.q_lora_rank = j.value("q_lora_rank", nlohmann::json(nullptr)).is_null()
+                      ? 0
+                      : j["q_lora_rank"].get<int64_t>();
+  m.qk_rope_head_dim = need("qk_rope_head_dim");
+  m.qk_nope_head_dim = need("qk_nope_head_dim");
+  m.v_head_dim = need("v_head_dim");
+  m.num_groups = j.value("n_group", 1);
+  m.topk_groups = j.value("topk_group", 1);
+  m.top_k = need("num_experts_per_tok");
+  m.num_dense_layers = j.value("first_k_dense_replace", 0);
+  m.norm_topk_prob = j.value("norm_topk_prob", true);
+  m.scoring = j.value("scoring_func", std::string("softmax"));
+  m.router_bias = j.value("topk_method", std::string("greedy")) == "noaux_tc";
+  m.max_seq_len = j.value("max_position_embeddings", int64_t(4096));
+  m.init_std = j.value("initializer_range", 0.006);
+  m.norm_eps = j.value("rms_norm_eps", 1e-6);
+  m.rope_theta = j.value("rope_theta", 10000.0);
+  if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) {
+    const auto& r = j["rope_scaling"];
+    m.rope_factor = r.value("factor", 1.0);
+    m.rope_original_max_seq_len = r.value("original_max_position_embeddings", int64_t(4096));
+    m.rope_beta_fast = r.value("beta_fast", 32.0);
+    m.rope_beta_slow = r.value("beta_slow", 1.0);
+    m.rope_mscale = r.value("mscale", 1.0);
+    m.rope_mscale_all_dim = r.value("mscale_all_dim", 0.0);
+  }
+  return m;
+}
+
+namespace {
+bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+const std::regex kExpert(R"(^(layers\.\d+\.mlp\.experts\.\d+\.(gate|up|down)_proj)$)");
+const std::regex kMtp(R"(^mtp\.(\d+)\.(.*)$)");
+const std::regex kHfLayer(R"(^model\.layers\.(\d+)\.(.*)$)");
+const std::regex kHfExpert(R"(^(.*\.mlp\.experts\.\d+\.(gate|up|down)_proj)\.weight$)");
+}  // namespace
+
+NamedTensorList to_hf_tensors(const model::ModelConfig& m, const NamedTensorList& global) {
+  NamedTensorList out;
+  torch::Tensor embed, head;
+  std::smatch mt;
+  for (const auto& [name, t] : global) {
+    if (name == "lm_head.weight") {
+      head = t;
+      out.emplace_back(name, t);
+      continue;
+    }
+    if (name == "embed_tokens.weight") embed = t;
+    std::string n = name;
+    std::string suffix = std::regex_match(n, kExpert) ? ".weight" : "";
+    if (std::regex_match(n, mt, kMtp)) {
+      const int64_t layer = m.num_layers + std::stoll(mt[1]);
+      std::string rest = mt[2];
+      if (starts_with(rest, "block.")) rest = rest.substr(6);
+      if (starts_with(rest, "shared_head_norm.")) rest = "shared_head.norm." + rest.substr(17);
+      if (std::regex_match(rest, std::regex(R"(^mlp\.experts\.\d+\.(gate|up|down)_proj$)")))
+        suffix = ".weight";
+      n = "layers." + std::to_string(layer) + "." + rest;
+    }
+    out.emplace_back("model." + n + suffix, t);
+  }
+  for (int64_t k = 0; k < m.mtp_depth; ++k) {
+    const std::string p = "model.layers." + std::to_string(m.num_layers + k) + ".";
+    out.emplace_back(p + "embed_tokens.weight", embed);
+    out.emplace_back(p + "shared_head.head.weight", head);
+  }
+  return out;
+}
+
+NamedTensorList from_hf_tensors(const model::ModelConfig& m, const NamedTensorList& hf) {
+  NamedTensorList out;
+  std::map<std::string, torch::Tensor> copies;
+  std::smatch mt;
+  for (const auto& [name, t] : hf) {
+    if (name == "lm_head.weight") {
+      out.emplace_back(name, t);
+      continue;
+    }
+    CONDENSA_CHECK(starts_with(name, "model."), CheckpointError, "unexpected tensor name '", name,
+                   "'");
+    std::string n = name.substr(6);
+    if (std::regex_match(name, mt, kHfExpert)) n = std::string(mt[1]).substr(6);
+    if (std::regex_match(name, mt, kHfLayer)) {
+      const int64_t layer = std::stoll(mt[1]);
+      if (layer >= m.num_layers) {
+        std::string rest = mt[2];
+        if (std::regex_match(rest,
+                             std::regex(R"(^mlp\.experts\.\d+\.(gate|up|down)_proj\.weight$)"))) {
+          rest = rest.substr(0, rest.size() - 7);
+        }
+        const std::string k = std::to_string(layer - m.num_layers);
+        if (rest == "embed_tokens.weight" || rest == "shared_head.head.weight") {
+          copies[rest] = t;
+          continue;
+        }
+        if (starts_with(rest, "shared_head.norm.")) {
+          n = "mtp." + k + ".shared_head_norm." + rest.substr(17);
+        } else if (starts_with(rest, "enorm.") || starts_with(rest, "hnorm.") ||
+                   starts_with(rest, "eh_proj.")) {
+          n = "mtp." + k + "." + rest;
+        } else {
+          n = "mtp." + k + ".block." + rest;
+        }
+      }
+    }
+    out.emplace_back(n, t);
+  }
+  return out;
+}
+
+void write_hf_directory(const std::string& dir,
+                        const model::ModelConfig& m,
+                        const NamedTensorList& global,
+                        int64_t max_shard_bytes,
+                        torch::ScalarType dtype) {
+  fs::create_directories(dir);
+  auto tensors = to_hf_tensors(m, global);
+  for (auto& kv : tensors) kv.second = kv.second.to(dtype).contiguous();
+  auto cfg = hf_config_json(m);
+  cfg["torch_dtype"] = dtype == torch::kBFloat16 ? "bfloat16" : "float32";
+  atomic_write_file((fs::path(dir) / "config.json").string(), cfg.dump(2) + "\n");
+  std::vector<NamedTensorList> shards(1);
+  int64_t size = 0, total = 0;
+  for (auto& kv : tensors) {
+    const int64_t bytes = kv.second.numel() * kv.second.element_size();
+    if (size > 0 && size + bytes > max_shard_bytes) shards.emplace_back(), size = 0;
+    shards.back().push_back(kv);
+    size += bytes;
+    total += bytes;
+  }
+  if (shards.size() == 1) {
+    save_safetensors((fs::path(dir) / "model.safetensors").string(), shards[0], {{"format", "pt"}});
+    return;
+  }
+  nlohmann::json index = {{"metadata", {{"total_size", total}}},
+                          {"weight_map", nlohmann::json::object()}};
+  for (size_t i = 0; i < shards.size(); ++i) {
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    save_safetensors((fs::path(dir) / name).string(), shards[i], {{"format", "pt"}});
+    for (auto& kv : shards[i]) index["weight_map"][kv.first] = name;
+  }
+  atomic_write_file((fs::path(dir) / "model.safetensors.index.json").string(),
+                    index.dump(2) + "\n");
+}
+
+std::pair<model::ModelConfig, NamedTensorList> read_hf_directory(const std::string& dir) {
+  const auto cfg_path = (fs::path(dir) / "config.json").string();
+  CONDENSA_CHECK(fs::exists(cfg_path), CheckpointError, "no config.json in '", dir, "'");
+  nlohmann::json cfg;
+  try {
+    cfg = nlohmann::json::parse(read_file(cfg_path));
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError(str(cfg_path, ": invalid JSON: ", e.what()));
+  }
+  auto m = model_config_from_hf(cfg, cfg_path);
+  m.validate();
+  std::vector<std::string> files;
+  const auto index = fs::path(dir) / "model.safetensors.index.json";
+  if (fs::exists(index)) {
+    auto j = nlohmann::json::parse(read_file(index.string()));
+    std::set<std::string> unique;
+    for (auto& [k, v] : j.at("weight_map").items()) unique.insert(v.get<std::string>());
+    for (auto& f : unique) files.push_back((fs::path(dir) / f).string());
+  } else {
+    files.push_back((fs::path(dir) / "model.safetensors").string());
+  }
+  NamedTensorList hf;
+  for (auto& f : files) {
+    auto file = load_safetensors(f);
+    for (auto& kv : file.tensors) hf.emplace_back(kv.first, kv.second.to(torch::kFloat32));
+  }
+  return {m, from_hf_tensors(m, hf)};
+}
+
+}  // namespace condensa::trainer
