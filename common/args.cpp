@@ -3,6 +3,7 @@
 #include "common/args.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "common/error.h"
 
@@ -14,16 +15,23 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
 }
 
-// True when `parse` (std::stod, std::stoll, ...) reads all of `s`; the value goes to *out.
+// The value of `f` parsed by `parse` (std::stod, std::stoll, ...), which must read all of it;
+// `fallback` when absent; otherwise ConfigError "flag <f> expects <expected>, got '<value>'".
 template <class T, class Parse>
-bool parse_whole(const std::string& s, Parse parse, T* out) {
+T typed_value(
+    const ParsedArgs& a, const std::string& f, T fallback, const char* expected, Parse parse) {
+  if (!a.has(f)) return fallback;
+  const std::string s = a.get(f);
+  bool ok = false;
+  T v{};
   try {
     size_t pos = 0;
-    *out = parse(s, &pos);
-    return pos == s.size();
+    v = parse(s, &pos);
+    ok = pos == s.size();
   } catch (const std::exception&) {  // invalid_argument, out_of_range
-    return false;
   }
+  CONDENSA_CHECK(ok, ConfigError, "flag ", f, " expects ", expected, ", got '", s, "'");
+  return v;
 }
 
 }  // namespace
@@ -39,35 +47,24 @@ std::vector<std::string> ParsedArgs::get_all(const std::string& f) const {
 }
 
 double ParsedArgs::get_double(const std::string& f, double fallback) const {
-  if (!has(f)) return fallback;
-  const std::string s = get(f);
-  double v = 0;
-  const bool ok = parse_whole(
-      s, [](const std::string& t, size_t* pos) { return std::stod(t, pos); }, &v);
-  CONDENSA_CHECK(ok, ConfigError, f, ": expected a number, got '", s, "'");
-  return v;
+  return typed_value(*this, f, fallback, "a number",
+                     [](const std::string& s, size_t* pos) { return std::stod(s, pos); });
 }
 
 int64_t ParsedArgs::get_int(const std::string& f, int64_t fallback) const {
-  if (!has(f)) return fallback;
-  const std::string s = get(f);
-  long long v = 0;
-  const bool ok = parse_whole(
-      s, [](const std::string& t, size_t* pos) { return std::stoll(t, pos); }, &v);
-  CONDENSA_CHECK(ok, ConfigError, f, ": expected an integer, got '", s, "'");
-  return v;
+  return typed_value<int64_t>(
+      *this, f, fallback, "an integer",
+      [](const std::string& s, size_t* pos) { return static_cast<int64_t>(std::stoll(s, pos)); });
 }
 
 uint64_t ParsedArgs::get_uint(const std::string& f, uint64_t fallback) const {
-  if (!has(f)) return fallback;
-  const std::string s = get(f);
-  unsigned long long v = 0;
-  // std::stoull accepts "-3" (wrapping it) and leading spaces: allow digits only.
-  const bool ok = !s.empty() && s.find_first_not_of("0123456789") == std::string::npos &&
-                  parse_whole(
-                      s, [](const std::string& t, size_t* pos) { return std::stoull(t, pos); }, &v);
-  CONDENSA_CHECK(ok, ConfigError, "flag ", f, " expects a non-negative integer, got '", s, "'");
-  return v;
+  return typed_value<uint64_t>(
+      *this, f, fallback, "a non-negative integer", [](const std::string& s, size_t* pos) {
+        // std::stoull accepts "-3" (wrapping it) and leading spaces: digits only.
+        if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos)
+          throw std::invalid_argument(s);
+        return static_cast<uint64_t>(std::stoull(s, pos));
+      });
 }
 
 ParsedArgs parse_args(const std::vector<std::string>& args,

@@ -102,10 +102,10 @@ TEST(Args, TypedGettersParseTheWholeValue) {
     std::string expected;
   };
   const std::vector<Case> cases = {
-      {"12x", "int", "--v: expected an integer, got '12x'"},
-      {"", "int", "--v: expected an integer, got ''"},
-      {"99999999999999999999", "int", "expected an integer"},
-      {"1.5.2", "double", "--v: expected a number, got '1.5.2'"},
+      {"12x", "int", "flag --v expects an integer, got '12x'"},
+      {"", "int", "flag --v expects an integer, got ''"},
+      {"99999999999999999999", "int", "flag --v expects an integer"},
+      {"1.5.2", "double", "flag --v expects a number, got '1.5.2'"},
       {"-3", "uint", "flag --v expects a non-negative integer, got '-3'"},
       {" 5", "uint", "non-negative integer, got ' 5'"},
       {"abc", "uint", "non-negative integer, got 'abc'"},
