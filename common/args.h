@@ -1,7 +1,11 @@
 // The one command-line flag parser every subcommand uses: `--flag value`, `--flag=value`,
-// boolean flags and positional arguments. A repeated flag keeps every value in order; get()
-// returns the last one (so a later flag overrides an earlier one), and `--set`-style flags read
-// the whole list.
+// boolean flags and positional arguments.
+//
+// Key design choice: one rule for repeated flags, enforced while parsing. A flag takes one value
+// unless the subcommand declares it repeatable (`--set a.b=c --set d.e=f`, `--input a --input
+// b`); giving a single-valued flag twice is a ConfigError naming the flag and the count, never a
+// silent "last one wins". Unknown flags and missing values are ConfigErrors naming the flag, so a
+// typo never silently runs something else.
 #pragma once
 
 #include <cstdint>
@@ -11,19 +15,31 @@
 
 namespace condensa {
 
-// Parsed `--flag value` / `--flag=value` / positional arguments. Throws ConfigError for a
-// flag not in `known` (naming it) or a value-taking flag without a value.
+// Parsed arguments. Every accessor takes the flag with its dashes ("--out").
 struct ParsedArgs {
   std::vector<std::string> positional;
   std::map<std::string, std::vector<std::string>> flags;  // "--set" -> {"a.b=c", ...}
-  bool help = false;
+  bool help = false;                                      // --help or -h was given
+
   bool has(const std::string& f) const { return flags.count(f) > 0; }
+  // The value of `f`, or `fallback` when absent (for a repeatable flag: the last value).
   std::string get(const std::string& f, const std::string& fallback = "") const;
+  // Every value of a repeatable flag, in command-line order; empty when absent.
+  std::vector<std::string> get_all(const std::string& f) const;
+  // Typed values; a value that does not parse completely is a ConfigError naming `f` and it.
   double get_double(const std::string& f, double fallback) const;
   int64_t get_int(const std::string& f, int64_t fallback) const;
+  uint64_t get_uint(const std::string& f, uint64_t fallback) const;  // digits only
 };
+
+// Parses `args` (the arguments after the subcommand). `value_flags` take one value,
+// `bool_flags` none (has() tells whether they were given), `repeatable_flags` one value per
+// occurrence, any number of times. Throws ConfigError for a flag in none of the lists (naming it
+// and the known ones), a value-taking flag without a value, or a non-repeatable flag given more
+// than once.
 ParsedArgs parse_args(const std::vector<std::string>& args,
                       const std::vector<std::string>& value_flags,
-                      const std::vector<std::string>& bool_flags = {});
+                      const std::vector<std::string>& bool_flags = {},
+                      const std::vector<std::string>& repeatable_flags = {});
 
 }  // namespace condensa

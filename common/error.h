@@ -23,6 +23,13 @@ class ConfigError : public Error {
   explicit ConfigError(const std::string& what) : Error(what) {}
 };
 
+// A file that cannot be read, written, synced or renamed (common/durable_file.h): the
+// operating system refused, and the message carries its reason (errno text) and the path.
+class IoError : public Error {
+ public:
+  explicit IoError(const std::string& what) : Error(what) {}
+};
+
 // Bad or unreadable data files (token shards, text input).
 class DataError : public Error {
  public:
@@ -61,7 +68,7 @@ std::string str(const Args&... args) {
 }  // namespace condensa
 
 // CONDENSA_CHECK(cond, ErrorType, message parts...): throw ErrorType with the message.
-#define CONDENSA_CHECK(cond, ErrorType, ...)             \
-  do {                                                   \
+#define CONDENSA_CHECK(cond, ErrorType, ...)                    \
+  do {                                                          \
     if (!(cond)) throw ErrorType(::condensa::str(__VA_ARGS__)); \
   } while (0)

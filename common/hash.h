@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <string_view>
 
+#include "common/checksum.h"
+
 namespace condensa {
 
 // SplitMix64 finaliser: a good 64-bit mixer.
@@ -18,17 +20,12 @@ inline uint64_t mix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// FNV-1a over bytes, then mixed.
-inline uint64_t hash_string(std::string_view s) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 0x100000001b3ULL;
-  }
-  return mix64(h);
-}
+// FNV-1a 64 over the bytes (common/checksum.h), then mixed. Seeds depend on these values.
+inline uint64_t hash_string(std::string_view s) { return mix64(fnv1a64(s)); }
 
-inline uint64_t hash_combine(uint64_t a, uint64_t b) { return mix64(a ^ (mix64(b) + 0x632be59bd9b4e019ULL)); }
+inline uint64_t hash_combine(uint64_t a, uint64_t b) {
+  return mix64(a ^ (mix64(b) + 0x632be59bd9b4e019ULL));
+}
 
 template <class... Rest>
 uint64_t hash_combine(uint64_t a, uint64_t b, Rest... rest) {
@@ -39,12 +36,11 @@ uint64_t hash_combine(uint64_t a, uint64_t b, Rest... rest) {
 class Rng {
  public:
   explicit Rng(uint64_t seed) : state_(seed) {}
+  // mix64 adds the golden-ratio increment itself, so this is SplitMix64's next().
   uint64_t next() {
+    const uint64_t z = mix64(state_);
     state_ += 0x9e3779b97f4a7c15ULL;
-    uint64_t z = state_;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
+    return z;
   }
   // Uniform integer in [0, n).
   uint64_t uniform(uint64_t n) { return n == 0 ? 0 : next() % n; }

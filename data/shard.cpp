@@ -16,6 +16,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "common/checksum.h"
+#include "common/durable_file.h"
 #include "common/error.h"
 #include "data/tokenizer.h"
 
@@ -149,20 +151,7 @@ std::string shard_dtype_for_vocab(int64_t vocab_size) {
   return vocab_size <= 65536 ? "uint16" : "uint32";
 }
 
-uint64_t fnv1a64(const void* data, size_t size, uint64_t h) {
-  const unsigned char* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < size; ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
-
-std::string format_checksum(uint64_t checksum) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "fnv1a64:%016llx", static_cast<unsigned long long>(checksum));
-  return buf;
-}
+std::string format_checksum(uint64_t checksum) { return "fnv1a64:" + hex64(checksum); }
 
 // ---- ShardWriter -----------------------------------------------------------------------------
 
@@ -179,7 +168,7 @@ ShardWriter::ShardWriter(const fs::path& dir, const std::string& tokenizer, int6
   info_.tokenizer = tokenizer;
   info_.vocab_size = vocab_size;
   info_.dtype = shard_dtype_for_vocab(vocab_size);
-  info_.checksum = kFnvOffset;
+  info_.checksum = kFnv1a64Offset;
   width_ = dtype_width(info_.dtype);
 
   const fs::path tokens_path = dir / "tokens.bin";
@@ -243,15 +232,11 @@ ShardInfo ShardWriter::finish() {
   docs.close();
   CONDENSA_CHECK(!docs.fail(), DataError, "writing ", docs_path.string(), " failed");
 
-  // index.json last, via rename: its presence means the shard is complete.
-  const fs::path tmp = dir_ / "index.json.tmp";
-  std::ofstream index(tmp, std::ios::trunc);
-  index << info_.to_json().dump(2) << "\n";
-  index.close();
-  CONDENSA_CHECK(!index.fail(), DataError, "writing ", tmp.string(), " failed");
-  std::error_code ec;
-  fs::rename(tmp, dir_ / "index.json", ec);
-  CONDENSA_CHECK(!ec, DataError, "renaming ", tmp.string(), " to index.json: ", ec.message());
+  // index.json last, after the payload is on disk, published atomically: its presence means
+  // the shard is complete.
+  fsync_file((dir_ / "tokens.bin").string());
+  fsync_file(docs_path.string());
+  atomic_write_file((dir_ / "index.json").string(), info_.to_json().dump(2) + "\n");
   return info_;
 }
 
@@ -478,7 +463,7 @@ int64_t TokenDataset::num_documents() const {
 
 uint64_t TokenDataset::checksum() const {
   if (shards_.size() == 1) return shards_.front().info().checksum;
-  uint64_t h = kFnvOffset;
+  uint64_t h = kFnv1a64Offset;
   for (const auto& s : shards_) h = fnv1a64(&s.info().checksum, sizeof(uint64_t), h);
   return h;
 }

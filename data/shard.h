@@ -7,7 +7,8 @@
 // naming the file and both values, instead of training on garbage. Tokens are stored at the
 // narrowest width that holds the vocabulary (uint16 up to 65536 ids, else uint32) and read by
 // mmap, so opening a multi-GB shard costs nothing until pages are touched. index.json is
-// written last: a directory without it is an unfinished shard and is never read.
+// written last, after tokens.bin and docs.bin are fsynced, and published atomically
+// (common/durable_file.h): a directory without it is an unfinished shard and is never read.
 //
 // Layout (all integers little-endian; the full byte map is in docs/data.md):
 //   tokens.bin  32-byte header {magic "CDNSTOK\0", u32 version, u32 dtype width in bytes,
@@ -40,7 +41,7 @@ struct ShardInfo {
   std::string dtype;  // "uint16" or "uint32"
   int64_t num_tokens = 0;
   int64_t num_documents = 0;
-  uint64_t checksum = 0;  // FNV-1a 64 over the tokens.bin payload bytes
+  uint64_t checksum = 0;  // condensa::fnv1a64 over the tokens.bin payload bytes
   std::vector<std::string> sources;
 
   nlohmann::json to_json() const;
@@ -50,10 +51,8 @@ struct ShardInfo {
 
 // "uint16" when every id fits in 16 bits, else "uint32".
 std::string shard_dtype_for_vocab(int64_t vocab_size);
-// FNV-1a 64-bit, continued from `h` (start with kFnvOffset).
-constexpr uint64_t kFnvOffset = 0xcbf29ce484222325ULL;
-uint64_t fnv1a64(const void* data, size_t size, uint64_t h = kFnvOffset);
-// "fnv1a64:0123456789abcdef"
+// The index.json form of a payload checksum (condensa::fnv1a64 of common/checksum.h):
+// "fnv1a64:0123456789abcdef".
 std::string format_checksum(uint64_t checksum);
 
 // Writes one shard directory. add_document() streams tokens to tokens.bin; finish() writes the

@@ -70,8 +70,9 @@ class Communicator {
   // Variable all-to-all over dim 0. in: [sum(send_rows), ...]; the first send_rows[0] rows go to
   // rank 0, the next send_rows[1] to rank 1, ... out: [sum(recv_rows), ...], filled rank-major
   // with recv_rows[j] rows from rank j. Both vectors have size() entries; zeros are legal; the
-  // caller guarantees recv_rows[j] on rank i == send_rows[i] on rank j (e.g. by exchanging
-  // counts with all_gather_int64 first). Trailing dims and dtype match on all ranks.
+  // caller guarantees recv_rows[j] on rank i == send_rows[i] on rank j (the expert-parallel
+  // dispatcher first sends the counts themselves with an all_to_all of one row per rank).
+  // Trailing dims and dtype match on all ranks.
   virtual void all_to_all(const torch::Tensor& in,
                           const std::vector<int64_t>& send_rows,
                           torch::Tensor& out,

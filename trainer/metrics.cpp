@@ -5,8 +5,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/durable_file.h"
 #include "model/accounting.h"
-#include "trainer/checkpoint/directory.h"
 
 namespace condensa::trainer {
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "common/durable_file.h"
 #include "common/error.h"
 #include "common/matmul_peak.h"
 #include "model/init.h"

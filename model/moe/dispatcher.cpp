@@ -20,7 +20,6 @@ PermutationPlan plan_permutation(const torch::Tensor& topk_idx_TK, const torch::
   plan.expert_of_row = experts.index_select(0, order);
   plan.token_of_row = torch::div(flat_pos, K, "floor");
   plan.prob_of_row = probs_TK.reshape({-1}).index_select(0, flat_pos);
-  (void)T;
   return plan;
 }
 

@@ -1,10 +1,8 @@
-// Checkpoint directory mechanics. See checkpoint_io.h for the protocol; docs/checkpoint.md for
-// the on-disk layout and what a crash at each point leaves behind.
+// Checkpoint directory mechanics. See directory.h for the protocol; docs/checkpoint.md for the
+// on-disk layout and what a crash at each point leaves behind.
 #include "trainer/checkpoint/directory.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -12,13 +10,10 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <set>
 
+#include "common/checksum.h"
+#include "common/durable_file.h"
 #include "common/error.h"
-
-#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "the XXH64 implementation below reads words in host order and needs a little-endian host"
-#endif
 
 namespace condensa::trainer {
 namespace fs = std::filesystem;
@@ -33,12 +28,6 @@ constexpr const char* kDelPrefix = ".del-";  // a pruned checkpoint being remove
 
 std::string errno_text() { return std::strerror(errno); }
 
-std::string hex64(uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016" PRIx64, v);
-  return buf;
-}
-
 bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
@@ -51,10 +40,13 @@ void remove_all_or_throw(const fs::path& p) {
   CONDENSA_CHECK(!ec, CheckpointError, "cannot remove ", p.string(), ": ", ec.message());
 }
 
-void rename_or_throw(const fs::path& from, const fs::path& to) {
-  if (std::rename(from.c_str(), to.c_str()) != 0) {
-    throw CheckpointError(
-        str("cannot rename ", from.string(), " to ", to.string(), ": ", errno_text()));
+// The XXH64 of a checkpoint file as recorded in manifests and meta.json ("0123456789abcdef").
+// An unreadable file is a bad checkpoint: CheckpointError naming it.
+std::string checkpoint_checksum(const std::string& path) {
+  try {
+    return hex64(file_xxh64(path));
+  } catch (const IoError& e) {
+    throw CheckpointError(e.what());
   }
 }
 
@@ -65,8 +57,14 @@ uint64_t file_size_or_throw(const std::string& path) {
   return static_cast<uint64_t>(st.st_size);
 }
 
+// A manifest or meta.json; unreadable or invalid JSON is a bad checkpoint: CheckpointError.
 nlohmann::json parse_json_file(const std::string& path) {
-  const std::string text = read_file(path);
+  std::string text;
+  try {
+    text = read_file(path);
+  } catch (const IoError& e) {
+    throw CheckpointError(e.what());
+  }
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
@@ -157,7 +155,7 @@ void prune_checkpoints(const fs::path& root, int keep, int64_t current_step) {
       if (step == current_step) continue;
       const fs::path hidden = root / (kDelPrefix + path.filename().string());
       remove_all_or_throw(hidden);
-      rename_or_throw(path, hidden);
+      rename_path(path.string(), hidden.string());
       --excess;
     }
     fsync_directory(root.string());
@@ -235,7 +233,7 @@ void write_rank_manifest(const std::string& tmp_dir,
     CONDENSA_CHECK(!listed.contains(name), CheckpointError, "rank ", rank, " lists '", name,
                    "' twice in its manifest");
     const std::string path = join(tmp_dir, name);
-    listed[name] = {{"bytes", file_size_or_throw(path)}, {"xxh64", hex64(file_xxh64(path))}};
+    listed[name] = {{"bytes", file_size_or_throw(path)}, {"xxh64", checkpoint_checksum(path)}};
   }
   const nlohmann::json manifest = {
       {"format_version", kCheckpointFormatVersion}, {"rank", rank}, {"files", listed}};
@@ -282,9 +280,9 @@ std::string commit_checkpoint(const std::string& root,
   if (fs::exists(final_dir)) {  // re-saving a step (resumed from an older checkpoint)
     const fs::path old = fs::path(root) / (kOldPrefix + name);
     remove_all_or_throw(old);
-    rename_or_throw(final_dir, old);
+    rename_path(final_dir.string(), old.string());
   }
-  rename_or_throw(tmp, final_dir);
+  rename_path(tmp.string(), final_dir.string());
   fsync_directory(root);
   atomic_write_file(join(root, kLatestFile), name);
 
@@ -329,7 +327,7 @@ void verify_checkpoint(const std::string& step_dir) {
                    " is ", actual_bytes, " bytes, expected ", expected_bytes,
                    " (truncated or overwritten?)");
     const std::string expected_sum = entry["xxh64"].get<std::string>();
-    const std::string actual_sum = hex64(file_xxh64(path));
+    const std::string actual_sum = checkpoint_checksum(path);
     CONDENSA_CHECK(actual_sum == expected_sum, CheckpointError, "checkpoint file ", path,
                    " has xxh64 ", actual_sum, ", expected ", expected_sum, " (corrupted?)");
   }
@@ -362,161 +360,6 @@ std::optional<std::string> find_latest_checkpoint(const std::string& root,
     }
   }
   return found;
-}
-
-// ---- durable file helpers --------------------------------------------------------------------
-
-SyncedFileWriter::SyncedFileWriter(const std::string& path) : path_(path) {
-  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw CheckpointError(str("cannot create ", path, ": ", errno_text()));
-}
-
-SyncedFileWriter::~SyncedFileWriter() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
-void SyncedFileWriter::write(const void* data, size_t num_bytes) {
-  CONDENSA_CHECK(fd_ >= 0, CheckpointError, "write to ", path_, " after finish()");
-  const char* p = static_cast<const char*>(data);
-  while (num_bytes > 0) {
-    ssize_t n = ::write(fd_, p, std::min<size_t>(num_bytes, size_t{1} << 30));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw CheckpointError(str("cannot write ", path_, ": ", errno_text()));
-    p += n;
-    num_bytes -= static_cast<size_t>(n);
-  }
-}
-
-void SyncedFileWriter::finish() {
-  CONDENSA_CHECK(fd_ >= 0, CheckpointError, "finish() called twice on ", path_);
-  if (::fsync(fd_) != 0) throw CheckpointError(str("cannot fsync ", path_, ": ", errno_text()));
-  const int rc = ::close(fd_);
-  fd_ = -1;
-  if (rc != 0) throw CheckpointError(str("cannot close ", path_, ": ", errno_text()));
-}
-
-void fsync_directory(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) throw CheckpointError(str("cannot open directory ", dir, ": ", errno_text()));
-  const int rc = ::fsync(fd);
-  const std::string err = rc != 0 ? errno_text() : "";
-  ::close(fd);
-  if (rc != 0) throw CheckpointError(str("cannot fsync directory ", dir, ": ", err));
-}
-
-void atomic_write_file(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
-  {
-    SyncedFileWriter out(tmp);
-    out.write(bytes.data(), bytes.size());
-    out.finish();
-  }
-  rename_or_throw(tmp, path);
-  const fs::path parent = fs::path(path).parent_path();
-  fsync_directory(parent.empty() ? "." : parent.string());
-}
-
-std::string read_file(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw CheckpointError(str("cannot read ", path, ": ", errno_text()));
-  std::string out;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-  const bool failed = std::ferror(f);
-  std::fclose(f);
-  CONDENSA_CHECK(!failed, CheckpointError, "cannot read ", path, ": read error");
-  return out;
-}
-
-uint64_t file_xxh64(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw CheckpointError(str("cannot read ", path, ": ", errno_text()));
-  Xxh64 h;
-  std::vector<char> buf(1 << 20);
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0) h.update(buf.data(), n);
-  const bool failed = std::ferror(f);
-  std::fclose(f);
-  CONDENSA_CHECK(!failed, CheckpointError, "cannot read ", path, ": read error");
-  return h.digest();
-}
-
-// ---- XXH64 -----------------------------------------------------------------------------------
-// The reference algorithm (github.com/Cyan4973/xxHash, xxhash.h), written out for 64 bits.
-
-namespace {
-constexpr uint64_t kP1 = 0x9E3779B185EBCA87ULL;
-constexpr uint64_t kP2 = 0xC2B2AE3D27D4EB4FULL;
-constexpr uint64_t kP3 = 0x165667B19E3779F9ULL;
-constexpr uint64_t kP4 = 0x85EBCA77C2B2AE63ULL;
-constexpr uint64_t kP5 = 0x27D4EB2F165667C5ULL;
-
-inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-inline uint64_t read64(const unsigned char* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);  // little-endian host (checked in safetensors.cpp)
-  return v;
-}
-inline uint32_t read32(const unsigned char* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-inline uint64_t xxh_round(uint64_t acc, uint64_t input) {
-  return rotl(acc + input * kP2, 31) * kP1;
-}
-inline uint64_t xxh_merge(uint64_t h, uint64_t acc) { return (h ^ xxh_round(0, acc)) * kP1 + kP4; }
-}  // namespace
-
-Xxh64::Xxh64(uint64_t seed) : acc_{seed + kP1 + kP2, seed + kP2, seed, seed - kP1}, seed_(seed) {}
-
-void Xxh64::update(const void* data, size_t num_bytes) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  const unsigned char* end = p + num_bytes;
-  total_len_ += num_bytes;
-  if (buffered_ + num_bytes < 32) {
-    std::memcpy(buffer_ + buffered_, p, num_bytes);
-    buffered_ += num_bytes;
-    return;
-  }
-  if (buffered_ > 0) {
-    const size_t fill = 32 - buffered_;
-    std::memcpy(buffer_ + buffered_, p, fill);
-    for (int i = 0; i < 4; ++i) acc_[i] = xxh_round(acc_[i], read64(buffer_ + 8 * i));
-    p += fill;
-    buffered_ = 0;
-  }
-  for (; p + 32 <= end; p += 32) {
-    for (int i = 0; i < 4; ++i) acc_[i] = xxh_round(acc_[i], read64(p + 8 * i));
-  }
-  buffered_ = static_cast<size_t>(end - p);
-  std::memcpy(buffer_, p, buffered_);
-}
-
-uint64_t Xxh64::digest() const {
-  uint64_t h;
-  if (total_len_ >= 32) {
-    h = rotl(acc_[0], 1) + rotl(acc_[1], 7) + rotl(acc_[2], 12) + rotl(acc_[3], 18);
-    for (int i = 0; i < 4; ++i) h = xxh_merge(h, acc_[i]);
-  } else {
-    h = seed_ + kP5;
-  }
-  h += total_len_;
-  const unsigned char* p = buffer_;
-  const unsigned char* end = buffer_ + buffered_;
-  for (; p + 8 <= end; p += 8) h = rotl(h ^ xxh_round(0, read64(p)), 27) * kP1 + kP4;
-  if (p + 4 <= end) {
-    h = rotl(h ^ (static_cast<uint64_t>(read32(p)) * kP1), 23) * kP2 + kP3;
-    p += 4;
-  }
-  for (; p < end; ++p) h = rotl(h ^ (*p * kP5), 11) * kP1;
-  h ^= h >> 33;
-  h *= kP2;
-  h ^= h >> 29;
-  h *= kP3;
-  h ^= h >> 32;
-  return h;
 }
 
 }  // namespace condensa::trainer

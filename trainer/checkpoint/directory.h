@@ -11,10 +11,10 @@
 //   rank 0:     commit_checkpoint(root, tmp, step, meta, world, keep)  (phase 3)
 //
 // and on resume calls find_latest_checkpoint(root), which scans for step_* directories and
-// verifies them; the `latest` file is only a hint for people and scripts.
+// verifies them; the `latest` file is only a hint for people and scripts. Files are published
+// with common/durable_file.h and checksummed with XXH64 from common/checksum.h.
 #pragma once
 
-#include <cstddef>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -71,49 +71,5 @@ std::optional<std::string> find_latest_checkpoint(const std::string& root,
 
 // Parsed meta.json of a step directory; throws CheckpointError naming the file.
 nlohmann::json read_checkpoint_meta(const std::string& step_dir);
-
-// ---- Durable file helpers -------------------------------------------------------------------
-
-// Replaces `path` with `bytes` so that a crash leaves either the old or the new content:
-// writes `<path>.tmp`, fsyncs it, renames it over `path`, fsyncs the parent directory.
-void atomic_write_file(const std::string& path, const std::string& bytes);
-// The whole file; throws CheckpointError naming it.
-std::string read_file(const std::string& path);
-// fsyncs a directory, making renames and creations inside it durable.
-void fsync_directory(const std::string& dir);
-
-// Writes a new file sequentially; finish() fsyncs and closes it. Errors name the file.
-class SyncedFileWriter {
- public:
-  explicit SyncedFileWriter(const std::string& path);  // creates or truncates
-  ~SyncedFileWriter();                                 // closes without syncing if unfinished
-  SyncedFileWriter(const SyncedFileWriter&) = delete;
-  SyncedFileWriter& operator=(const SyncedFileWriter&) = delete;
-
-  void write(const void* data, size_t num_bytes);
-  void finish();
-
- private:
-  std::string path_;
-  int fd_ = -1;
-};
-
-// XXH64 (Yann Collet's xxHash, 64-bit), streaming; the same value `xxhsum -H1` prints.
-class Xxh64 {
- public:
-  explicit Xxh64(uint64_t seed = 0);
-  void update(const void* data, size_t num_bytes);
-  uint64_t digest() const;
-
- private:
-  uint64_t acc_[4];
-  uint64_t seed_;
-  uint64_t total_len_ = 0;
-  unsigned char buffer_[32];
-  size_t buffered_ = 0;
-};
-
-// XXH64 of a whole file, read in chunks; throws CheckpointError naming it.
-uint64_t file_xxh64(const std::string& path);
 
 }  // namespace condensa::trainer

@@ -11,8 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "common/durable_file.h"
 #include "common/error.h"
-#include "trainer/checkpoint/directory.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors I/O copies tensor bytes verbatim and needs a little-endian host"

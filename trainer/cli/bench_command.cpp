@@ -157,8 +157,10 @@ int bench_command(const Args& args) {
     return args.empty() ? 2 : 0;
   }
   std::vector<std::string> rest(args.begin() + 1, args.end());
-  auto a = parse_args(rest, {"--dtype", "--sizes", "--seconds", "--threads", "--min-bytes",
-                             "--max-bytes", "--iters", "--warmup", "--config", "--set"});
+  auto a = parse_args(rest,
+                      {"--dtype", "--sizes", "--seconds", "--threads", "--min-bytes", "--max-bytes",
+                       "--iters", "--warmup", "--config"},
+                      {}, {"--set"});
   if (a.help) {
     std::fputs(kBenchHelp, stdout);
     return 0;

@@ -1,17 +1,16 @@
 // `condensa data`: prepare token shards from text, inspect them, and print synthetic samples.
 //
 // Key design choice: the CLI is a thin layer over ShardWriter / TokenDataset / SyntheticMixture
-// with one strict flag parser: every flag must be known to the subcommand and every value
-// present, otherwise a ConfigError names the flag (main turns it into exit code 2), so a typo
-// never silently produces a different dataset.
+// with the strict flag parser every subcommand uses (common/args.h): every flag must be known to
+// the subcommand, every value present and only --input repeated, otherwise a ConfigError names
+// the flag (main turns it into exit code 2), so a typo never silently produces a different
+// dataset.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <map>
-#include <set>
-#include <sstream>
 
+#include "common/args.h"
+#include "common/durable_file.h"
 #include "common/error.h"
 #include "data/shard.h"
 #include "data/synthetic.h"
@@ -54,74 +53,6 @@ const char* kSampleUsage =
     "Prints --count (default 8) documents of the synthetic mixture for --seed (default 1234),\n"
     "each with its language. Bytes >= 0x80 (the Markov languages) are shown as \\xNN.\n";
 
-struct ParsedArgs {
-  std::map<std::string, std::vector<std::string>> flags;
-  std::vector<std::string> positional;
-  bool help = false;
-};
-
-// Parses "--flag value" and "--flag=value"; any flag not in `known` is a ConfigError.
-ParsedArgs parse_args(const std::vector<std::string>& args,
-                      const std::string& command,
-                      const std::set<std::string>& known) {
-  ParsedArgs parsed;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "--help" || a == "-h") {
-      parsed.help = true;
-      continue;
-    }
-    if (a.rfind("--", 0) != 0) {
-      parsed.positional.push_back(a);
-      continue;
-    }
-    size_t eq = a.find('=');
-    std::string name = a.substr(0, eq);
-    if (!known.count(name)) {
-      std::string list;
-      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-      throw ConfigError(str("condensa data ", command, ": unknown flag '", name,
-                            "' (known: ", list.empty() ? "none" : list, ")"));
-    }
-    if (eq != std::string::npos) {
-      parsed.flags[name].push_back(a.substr(eq + 1));
-    } else {
-      CONDENSA_CHECK(i + 1 < args.size(), ConfigError, "condensa data ", command, ": flag ", name,
-                     " needs a value");
-      parsed.flags[name].push_back(args[++i]);
-    }
-  }
-  return parsed;
-}
-
-// The single value of `flag`, or `fallback` if absent; a repeated flag is an error.
-std::string single(const ParsedArgs& p,
-                   const std::string& command,
-                   const std::string& flag,
-                   const std::string& fallback) {
-  auto it = p.flags.find(flag);
-  if (it == p.flags.end()) return fallback;
-  CONDENSA_CHECK(it->second.size() == 1, ConfigError, "condensa data ", command, ": flag ", flag,
-                 " given ", it->second.size(), " times");
-  return it->second.front();
-}
-
-uint64_t parse_uint(const std::string& flag, const std::string& value) {
-  bool ok = !value.empty() && value.size() <= 20 &&
-            value.find_first_not_of("0123456789") == std::string::npos;
-  uint64_t v = 0;
-  if (ok) {
-    try {
-      v = std::stoull(value);
-    } catch (const std::exception&) {
-      ok = false;
-    }
-  }
-  CONDENSA_CHECK(ok, ConfigError, "flag ", flag, " expects a non-negative integer, got '", value,
-                 "'");
-  return v;
-}
-
 void reject_positional(const ParsedArgs& p, const std::string& command) {
   CONDENSA_CHECK(p.positional.empty(), ConfigError, "condensa data ", command,
                  ": unexpected argument '", p.positional.empty() ? "" : p.positional.front(), "'");
@@ -160,36 +91,28 @@ std::vector<fs::path> input_files(const std::string& input) {
   return files;
 }
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  CONDENSA_CHECK(in.good(), DataError, path.string(), ": cannot read");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  CONDENSA_CHECK(!in.bad(), DataError, path.string(), ": read failed");
-  return text;
-}
-
 int prepare_command(const std::vector<std::string>& args) {
-  ParsedArgs p = parse_args(args, "prepare", {"--input", "--out", "--tokenizer"});
+  ParsedArgs p = parse_args(args, {"--out", "--tokenizer"}, {}, {"--input"});
   if (p.help) {
     std::printf("%s", kPrepareUsage);
     return 0;
   }
   reject_positional(p, "prepare");
-  CONDENSA_CHECK(p.flags.count("--input"), ConfigError,
+  CONDENSA_CHECK(p.has("--input"), ConfigError,
                  "condensa data prepare: missing --input (a text file or directory)");
-  const std::string out = single(p, "prepare", "--out", "");
+  const std::string out = p.get("--out");
   CONDENSA_CHECK(!out.empty(), ConfigError,
                  "condensa data prepare: missing --out (the shard directory to write)");
-  auto tokenizer = make_tokenizer(single(p, "prepare", "--tokenizer", "byte"));
+  auto tokenizer = make_tokenizer(p.get("--tokenizer", "byte"));
 
   std::vector<fs::path> files;
-  for (const auto& input : p.flags.at("--input")) {
+  for (const auto& input : p.get_all("--input")) {
     for (auto& f : input_files(input)) files.push_back(std::move(f));
   }
   ShardWriter writer(out, tokenizer->name(), tokenizer->vocab_size());
   int64_t skipped = 0;
   for (const auto& file : files) {
-    std::string text = read_file(file);
+    std::string text = read_file(file.string());
     if (text.empty()) {
       ++skipped;
       continue;
@@ -209,7 +132,7 @@ int prepare_command(const std::vector<std::string>& args) {
 }
 
 int inspect_command(const std::vector<std::string>& args) {
-  ParsedArgs p = parse_args(args, "inspect", {});
+  ParsedArgs p = parse_args(args, {});
   if (p.help) {
     std::printf("%s", kInspectUsage);
     return 0;
@@ -247,14 +170,14 @@ int inspect_command(const std::vector<std::string>& args) {
 }
 
 int sample_command(const std::vector<std::string>& args) {
-  ParsedArgs p = parse_args(args, "sample", {"--seed", "--count"});
+  ParsedArgs p = parse_args(args, {"--seed", "--count"});
   if (p.help) {
     std::printf("%s", kSampleUsage);
     return 0;
   }
   reject_positional(p, "sample");
-  uint64_t seed = parse_uint("--seed", single(p, "sample", "--seed", "1234"));
-  uint64_t count = parse_uint("--count", single(p, "sample", "--count", "8"));
+  const uint64_t seed = p.get_uint("--seed", 1234);
+  const uint64_t count = p.get_uint("--count", 8);
   SyntheticMixture mixture(seed);
   ByteTokenizer tokenizer;
   for (uint64_t key = 0; key < count; ++key) {

@@ -28,7 +28,7 @@ fresh optimizer. The overrides set the rest of the run config stored with it.
 }  // namespace
 
 int import_command(const Args& args) {
-  auto a = parse_args(args, {"--hf", "--out", "--set"});
+  auto a = parse_args(args, {"--hf", "--out"}, {}, {"--set"});
   if (a.help) return std::fputs(kImportHelp, stdout), 0;
   CONDENSA_CHECK(a.has("--hf") && a.has("--out"), ConfigError,
                  "import needs --hf and --out (see --help)");

@@ -35,7 +35,7 @@ std::string human(double n) {
 }  // namespace
 
 int plan_command(const Args& args) {
-  auto a = parse_args(args, {"--set", "--world"}, {"--json"});
+  auto a = parse_args(args, {"--world"}, {"--json"}, {"--set"});
   if (a.help) return std::fputs(kPlanHelp, stdout), 0;
   CONDENSA_CHECK(a.positional.size() == 1, ConfigError,
                  "expected exactly one CONFIG.yaml (see condensa plan --help)");
@@ -46,8 +46,9 @@ int plan_command(const Args& args) {
   cfg.validate_for_world(world);
   const auto c = model::count_parameters(m);
   const int64_t dp = world / cfg.parallel.pipeline_parallel, ep = cfg.parallel.expert_parallel;
-  const double expert_params =
-      c.routed_experts + c.mtp_total * 0;  // MTP excluded from the split below
+  // The expert/dense split of c.total. MTP modules are not part of c.total (c.mtp_total counts
+  // them) and are left out of the per-rank estimate below.
+  const double expert_params = c.routed_experts;
   const double dense_params = c.total - c.routed_experts;
   // Per rank: pipeline stages split the layers evenly; experts split over ep.
   const double pp = static_cast<double>(cfg.parallel.pipeline_parallel);

@@ -32,7 +32,7 @@ options:
 }  // namespace
 
 int train_command(const Args& args) {
-  auto a = parse_args(args, {"--set"}, {"--print-config", "--config-reference"});
+  auto a = parse_args(args, {}, {"--print-config", "--config-reference"}, {"--set"});
   if (a.help) {
     std::fputs(kTrainHelp, stdout);
     return 0;

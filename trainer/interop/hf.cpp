@@ -8,8 +8,8 @@
 #include <set>
 #include <sstream>
 
+#include "common/durable_file.h"
 #include "common/error.h"
-#include "trainer/checkpoint/directory.h"
 #include "trainer/checkpoint/safetensors.h"
 #include "trainer/checkpoint/state.h"
 

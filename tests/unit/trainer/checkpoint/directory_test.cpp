@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/checksum.h"
+#include "common/durable_file.h"
 #include "common/error.h"
 #include "tests/support/test_util.h"
 #include "trainer/checkpoint/safetensors.h"
@@ -61,23 +63,6 @@ std::vector<std::string> entries(const fs::path& dir) {
   return out;
 }
 
-// The sanity buffer of xxHash's own test suite (cli/xsum_sanity_check.c).
-std::vector<unsigned char> xxhash_sanity_buffer(size_t n) {
-  std::vector<unsigned char> buf(n);
-  uint64_t gen = 2654435761ULL;
-  for (size_t i = 0; i < n; ++i) {
-    buf[i] = static_cast<unsigned char>(gen >> 56);
-    gen *= 11400714785074694797ULL;
-  }
-  return buf;
-}
-
-uint64_t xxh64_of(const void* data, size_t n, uint64_t seed) {
-  Xxh64 h(seed);
-  h.update(data, n);
-  return h.digest();
-}
-
 TEST(CheckpointNames, StepDirNames) {
   EXPECT_EQ(step_dir_name(1000), "step_00001000");
   EXPECT_EQ(step_dir_name(0), "step_00000000");
@@ -91,44 +76,6 @@ TEST(CheckpointNames, StepDirNames) {
   EXPECT_EQ(rank_file_name("model", 3), "model-rank00003.safetensors");
   EXPECT_EQ(manifest_file_name(12), "manifest-rank00012.json");
   EXPECT_THROW(step_dir_name(-1), CheckpointError);
-}
-
-TEST(CheckpointChecksum, Xxh64MatchesReferenceVectors) {
-  const auto buf = xxhash_sanity_buffer(222);
-  const uint64_t prime = 2654435761ULL;
-  EXPECT_EQ(xxh64_of(nullptr, 0, 0), 0xEF46DB3751D8E999ULL);
-  EXPECT_EQ(xxh64_of(nullptr, 0, prime), 0xAC75FDA2929B17EFULL);
-  EXPECT_EQ(xxh64_of(buf.data(), 1, 0), 0xE934A84ADB052768ULL);
-  EXPECT_EQ(xxh64_of(buf.data(), 4, 0), 0x9136A0DCA57457EEULL);
-  EXPECT_EQ(xxh64_of(buf.data(), 14, 0), 0x8282DCC4994E35C8ULL);
-  EXPECT_EQ(xxh64_of(buf.data(), 14, prime), 0xC3BD6BF63DEB6DF0ULL);
-  EXPECT_EQ(xxh64_of(buf.data(), 222, 0), 0xB641AE8CB691C174ULL);
-  EXPECT_EQ(xxh64_of(buf.data(), 222, prime), 0x20CB8AB7AE10C14AULL);
-}
-
-TEST(CheckpointChecksum, StreamingEqualsOneShotForEveryChunking) {
-  const auto buf = xxhash_sanity_buffer(222);
-  for (size_t chunk : {1, 3, 7, 31, 32, 33, 100}) {
-    Xxh64 h;
-    for (size_t i = 0; i < buf.size(); i += chunk)
-      h.update(buf.data() + i, std::min(chunk, buf.size() - i));
-    EXPECT_EQ(h.digest(), 0xB641AE8CB691C174ULL) << "chunk " << chunk;
-  }
-  TempDir dir("ck");
-  overwrite(dir.path() / "f", std::string(buf.begin(), buf.end()));
-  EXPECT_EQ(file_xxh64((dir.path() / "f").string()), 0xB641AE8CB691C174ULL);
-}
-
-TEST(CheckpointFiles, AtomicWriteReplacesContentAndLeavesNoTemp) {
-  TempDir dir("ck");
-  const std::string path = (dir.path() / "latest").string();
-  atomic_write_file(path, "first");
-  atomic_write_file(path, "second, longer");
-  EXPECT_EQ(read_file(path), "second, longer");
-  EXPECT_EQ(entries(dir.path()), std::vector<std::string>{"latest"});
-  expect_checkpoint_error([&] { read_file((dir.path() / "absent").string()); }, {"absent"});
-  expect_checkpoint_error([&] { atomic_write_file((dir.path() / "no/such/dir/f").string(), "x"); },
-                          {"no/such/dir/f.tmp"});
 }
 
 TEST(Checkpoint, CommitMakesACompleteDirectoryAndLatest) {
