@@ -17,6 +17,7 @@
 #include "trainer/checkpoint/directory.h"
 #include "trainer/checkpoint/state.h"
 #include "trainer/metrics.h"
+#include "trainer/optim/lr_schedule.h"
 
 namespace fs = std::filesystem;
 

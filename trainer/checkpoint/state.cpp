@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "model/init.h"
+#include "parallel/grad_sync.h"
 #include "trainer/checkpoint/directory.h"
 #include "trainer/checkpoint/safetensors.h"
 
@@ -38,13 +39,15 @@ std::vector<GlobalRange> to_global(const std::string& name,
                                    int64_t end) {
   if (!model::is_expert_param(name)) return {{name, start, end, start, end, p.sizes().vec()}};
   std::vector<GlobalRange> out;
-  const int64_t per = p.numel() / p.size(0);
   auto shape = p.sizes().vec();
   shape.erase(shape.begin());
-  for (int64_t e = start / per; e * per < end; ++e) {
-    const int64_t a = std::max(start, e * per), b = std::min(end, (e + 1) * per);
-    out.push_back(
-        {expert_global_name(name, first_expert + e), a - e * per, b - e * per, a, b, shape});
+  // A stacked expert parameter is a flat buffer of one slice per local expert.
+  const parallel::ShardPlan slices(std::vector<int64_t>(p.size(0), p.numel() / p.size(0)), 1, 0,
+                                   false);
+  for (const auto& o : slices.overlaps({start, end})) {
+    const int64_t local = start + o.range_offset;
+    out.push_back({expert_global_name(name, first_expert + o.tensor), o.tensor_offset,
+                   o.tensor_offset + o.size, local, local + o.size, shape});
   }
   return out;
 }

@@ -1,15 +1,14 @@
-// AdamW over parameter groups, replicated (ZeRO-0) or sharded over data parallel (ZeRO-1),
-// and the learning-rate schedule.
+// AdamW over parameter groups, replicated (ZeRO-0) or sharded over data parallel (ZeRO-1).
 //
-// Each group's parameters are viewed as one flat fp32 buffer (name order, padded to a multiple
-// of the group communicator's size). After backward, gradients are summed over the group's
-// communicator (dense parameters: data parallel; expert parameters: the expert-data-parallel
-// replicas) and scaled, so that the update equals the single-process update on the same
-// global batch. ZeRO-0 all-reduces the flat gradient and every rank updates every element;
-// ZeRO-1 reduce-scatters it, each rank updates its contiguous shard (and keeps AdamW state
-// for that shard only), then all-gathers the parameters. The element-wise update is the same
-// function in both cases, so the two agree up to reduction order. No weight decay on 1-D
-// tensors (norms, biases).
+// Each group's parameters are one flat fp32 buffer laid out by a parallel::ShardPlan (name
+// order, padded to a multiple of the group communicator's size). After backward, gradients are
+// summed over the group's communicator (dense parameters: data parallel; expert parameters:
+// the expert-data-parallel replicas) and scaled, so that the update equals the single-process
+// update on the same global batch. ZeRO-0 all-reduces the flat gradient and every rank updates
+// every element; ZeRO-1 reduce-scatters it, each rank updates its contiguous shard (and keeps
+// AdamW state for that shard only), then all-gathers the parameters. Both walk the plan's
+// overlaps of each parameter with the owned range and call the same element-wise adamw_update,
+// so the two agree up to reduction order. The collectives are parallel/grad_sync.h.
 #pragma once
 
 #include <torch/torch.h>
@@ -19,22 +18,11 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/grad_sync.h"
 #include "trainer/config/config.h"
+#include "trainer/optim/adamw.h"
 
 namespace condensa::trainer {
-
-struct AdamWHyper {
-  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
-};
-
-// One in-place AdamW update (decoupled weight decay); `step` is 1-based.
-void adamw_update(torch::Tensor p,
-                  const torch::Tensor& g,
-                  torch::Tensor m,
-                  torch::Tensor v,
-                  double lr,
-                  int64_t step,
-                  const AdamWHyper& h);
 
 struct NamedParam {
   std::string name;
@@ -80,11 +68,10 @@ class Optimizer {
  private:
   struct Group {
     ParamGroupSpec spec;
-    std::vector<int64_t> offset, numel;  // per parameter in the flat buffer
-    std::vector<bool> decay;
-    int64_t total = 0, padded = 0, shard_begin = 0, shard_end = 0;
-    torch::Tensor grad_shard;           // [shard_end - shard_begin] reduced gradient
-    torch::Tensor exp_avg, exp_avg_sq;  // state for [shard_begin, shard_end)
+    parallel::ShardPlan plan;
+    std::vector<bool> decay;            // per parameter
+    torch::Tensor grad_shard;           // [plan.owned().size()] reduced gradient
+    torch::Tensor exp_avg, exp_avg_sq;  // state for plan.owned()
   };
   torch::Tensor flat_grads(const Group& g) const;
   torch::Tensor flat_params(const Group& g) const;
@@ -94,9 +81,5 @@ class Optimizer {
   int zero_stage_;
   int64_t step_count_ = 0;
 };
-
-// Learning rate at 1-based `step`: linear warm-up to lr, then cosine (or linear) decay to
-// min_lr at `total_steps`, or constant.
-double lr_at(const OptimConfig& optim, int64_t total_steps, int64_t step);
 
 }  // namespace condensa::trainer
