@@ -46,14 +46,6 @@ double training_flops_per_token(const model::ModelConfig& m, int64_t seq_len) {
 
 namespace {
 
-parallel::MeshOptions mesh_options(const Config& c) {
-  parallel::MeshOptions o;
-  o.pipeline_parallel = static_cast<int>(c.parallel.pipeline_parallel);
-  o.expert_parallel = static_cast<int>(c.parallel.expert_parallel);
-  o.ranks_per_node_override = static_cast<int>(c.parallel.ranks_per_node);
-  return o;
-}
-
 data::SamplerOptions sampler_options(const Config& c) {
   data::SamplerOptions o;
   o.source = c.data.source;
