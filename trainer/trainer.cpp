@@ -12,6 +12,7 @@
 #include "common/matmul_peak.h"
 #include "model/init.h"
 #include "model/moe/balance.h"
+#include "model/param_names.h"
 #include "parallel/expert_parallel.h"
 #include "trainer/checkpoint/directory.h"
 #include "trainer/checkpoint/state.h"

@@ -4,21 +4,13 @@
 #include <map>
 
 #include "common/error.h"
-#include "model/init.h"
+#include "model/param_names.h"
 #include "trainer/checkpoint/directory.h"
 #include "trainer/checkpoint/safetensors.h"
 
 namespace fs = std::filesystem;
 
 namespace condensa::trainer {
-
-std::string expert_global_name(const std::string& stacked, int64_t e) {
-  const std::string marker = ".mlp.experts.";
-  auto pos = stacked.find(marker);
-  CONDENSA_CHECK(pos != std::string::npos, Error, "not an expert parameter: ", stacked);
-  return stacked.substr(0, pos + marker.size()) + std::to_string(e) + "." +
-         stacked.substr(pos + marker.size());
-}
 
 namespace {
 
@@ -44,7 +36,7 @@ std::vector<GlobalRange> to_global(const std::string& name,
   for (int64_t e = start / per; e * per < end; ++e) {
     const int64_t a = std::max(start, e * per), b = std::min(end, (e + 1) * per);
     out.push_back(
-        {expert_global_name(name, first_expert + e), a - e * per, b - e * per, a, b, shape});
+        {model::expert_global_name(name, first_expert + e), a - e * per, b - e * per, a, b, shape});
   }
   return out;
 }
@@ -75,7 +67,7 @@ std::string save_checkpoint(const SaveRequest& req,
       if (mesh.edp_rank() != 0) continue;
       const int64_t first = model.first_expert_of(p);
       for (int64_t e = 0; e < p.size(0); ++e)
-        model_tensors.emplace_back(expert_global_name(name, first + e), p[e].cpu());
+        model_tensors.emplace_back(model::expert_global_name(name, first + e), p[e].cpu());
     } else if (world.rank() == 0) {
       model_tensors.emplace_back(name, p.detach().cpu());
     }
@@ -192,7 +184,7 @@ void assign_global_tensors(model::TransformerImpl& model,
     if (model::is_expert_param(name)) {
       const int64_t first = model.first_expert_of(p);
       for (int64_t e = 0; e < p.size(0); ++e) {
-        auto g = expert_global_name(name, first + e);
+        auto g = model::expert_global_name(name, first + e);
         auto src = get(g);
         check_shape(g, src, p[e]);
         p[e].copy_(src);
@@ -244,7 +236,7 @@ nlohmann::json load_checkpoint(const std::string& dir,
     const int64_t first = model.first_expert_of(p);
     std::vector<torch::Tensor> parts;
     for (int64_t e = 0; e < p.size(0); ++e)
-      parts.push_back(lookup(expert_global_name(param, first + e)));
+      parts.push_back(lookup(model::expert_global_name(param, first + e)));
     return torch::cat(parts);
   });
   optim.set_step_count(meta.value("optimizer_steps", meta.value("step", int64_t(0))));

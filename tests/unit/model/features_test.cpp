@@ -4,6 +4,7 @@
 
 #include "model/accounting.h"
 #include "model/init.h"
+#include "model/param_names.h"
 #include "model/transformer.h"
 #include "tests/support/test_util.h"
 #include "trainer/config/config.h"
