@@ -1,3 +1,7 @@
+// Parameter and FLOP accounting from a ModelConfig alone. The counts mirror the modules in
+// model/transformer.cpp one for one (tests/unit/model/accounting_test.cpp holds them to an
+// allocated model); `plan`, the trainer's MFU and docs/model.md use these two functions and
+// no other copy of the arithmetic.
 #include "model/accounting.h"
 
 namespace condensa::model {
@@ -46,6 +50,29 @@ ParamCounts count_parameters(const ModelConfig& m) {
     c.mtp_active += common + ffn_active;
   }
   return c;
+}
+
+double training_flops_per_token(const ModelConfig& m, int64_t seq_len) {
+  const double D = m.hidden_size, H = m.num_heads;
+  const double qk = m.qk_head_dim(), v = m.v_head_dim;
+  // Attention projections.
+  double attn = m.q_lora_rank == 0 ? D * H * qk : D * m.q_lora_rank + m.q_lora_rank * H * qk;
+  attn += D * (m.kv_lora_rank + m.qk_rope_head_dim) +
+          m.kv_lora_rank * H * (m.qk_nope_head_dim + v) + H * v * D;
+  const double dense_mlp = 3.0 * D * m.intermediate_size;
+  const double expert = 3.0 * D * m.moe_intermediate_size;
+  const double moe = expert * (m.top_k + m.num_shared_experts) + D * m.num_routed_experts;
+  const int64_t moe_layers = m.num_layers - m.num_dense_layers;
+  double active =
+      m.num_layers * attn + m.num_dense_layers * dense_mlp + moe_layers * moe + D * m.vocab_size;
+  // MTP modules: eh_proj + one block each (MoE when past the dense layers) + shared head.
+  for (int64_t k = 0; k < m.mtp_depth; ++k) {
+    active += 2.0 * D * D + attn + (m.is_moe_layer(m.num_layers + k) ? moe : dense_mlp) +
+              D * m.vocab_size;
+  }
+  // Causal attention scores and weighted values: each query sees seq_len / 2 keys on average.
+  const double attention_matmuls = (m.num_layers + m.mtp_depth) * H * (qk + v) * seq_len;
+  return 6.0 * active + 3.0 * attention_matmuls;
 }
 
 }  // namespace condensa::model

@@ -1,4 +1,5 @@
-// Parameter counts computed from a ModelConfig alone, without allocating the model.
+// Parameter counts and training FLOPs computed from a ModelConfig alone, without allocating
+// the model: the one accounting that `condensa plan`, the trainer's MFU and docs/model.md use.
 //
 // total: every parameter of the main model (embedding, all layers, final norm, LM head), not
 // counting the MTP modules, which are reported separately (the published "671B" is the main
@@ -25,5 +26,10 @@ struct ParamCounts {
 };
 
 ParamCounts count_parameters(const ModelConfig& cfg);
+
+// Model FLOPs per trained token (forward + backward): 6 x activated matmul parameters (MTP
+// modules and the LM head included, the embedding lookup not) + 3 x the causal attention
+// score and value matmuls (each query sees seq_len / 2 keys on average, 2 FLOPs per MAC).
+double training_flops_per_token(const ModelConfig& cfg, int64_t seq_len);
 
 }  // namespace condensa::model

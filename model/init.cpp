@@ -1,21 +1,11 @@
+// Layout-independent initialisation (see init.h). Which tensors are norms or experts is a name
+// rule of model/param_names.h.
 #include "model/init.h"
 
 #include "common/hash.h"
+#include "model/param_names.h"
 
 namespace condensa::model {
-
-bool is_expert_param(const std::string& name) {
-  return name.find(".mlp.experts.") != std::string::npos;
-}
-
-namespace {
-bool is_norm_weight(const std::string& name) {
-  auto ends_with = [&](const std::string& s) {
-    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
-  };
-  return ends_with("norm.weight") || ends_with("layernorm.weight") || ends_with("norm_weight");
-}
-}  // namespace
 
 void init_parameters(TransformerImpl& model, uint64_t seed) {
   torch::NoGradGuard no_grad;

@@ -13,7 +13,4 @@ namespace condensa::model {
 // expert weights): N(0, init_std) for weights, 1 for norm weights, 0 for the router bias.
 void init_parameters(TransformerImpl& model, uint64_t seed);
 
-// Expert weights are stacked per rank; these give the global view used by checkpoints.
-bool is_expert_param(const std::string& name);
-
 }  // namespace condensa::model

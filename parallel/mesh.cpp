@@ -11,52 +11,10 @@
 
 namespace condensa::parallel {
 
-void validate_mesh(int world_size, const MeshOptions& o) {
-  CONDENSA_CHECK(world_size >= 1, ConfigError, "world size (", world_size, ") must be >= 1");
-  CONDENSA_CHECK(o.pipeline_parallel >= 1, ConfigError, "parallel.pipeline_parallel (",
-                 o.pipeline_parallel, ") must be >= 1");
-  CONDENSA_CHECK(o.expert_parallel >= 1, ConfigError, "parallel.expert_parallel (",
-                 o.expert_parallel, ") must be >= 1");
-  CONDENSA_CHECK(world_size % o.pipeline_parallel == 0, ConfigError, "parallel.pipeline_parallel (",
-                 o.pipeline_parallel, ") must divide the world size (", world_size, ")");
-  const int dp = world_size / o.pipeline_parallel;
-  CONDENSA_CHECK(dp % o.expert_parallel == 0, ConfigError, "parallel.expert_parallel (",
-                 o.expert_parallel, ") must divide the data-parallel size (", dp, ") = world (",
-                 world_size, ") / pipeline_parallel (", o.pipeline_parallel, ")");
-  CONDENSA_CHECK(o.nodes_override >= 0, ConfigError, "parallel.nodes_override (", o.nodes_override,
-                 ") must be >= 0 (0 = discover)");
-  CONDENSA_CHECK(o.ranks_per_node_override >= 0, ConfigError, "parallel.ranks_per_node_override (",
-                 o.ranks_per_node_override, ") must be >= 0 (0 = discover)");
-  if (o.nodes_override > 0) {
-    CONDENSA_CHECK(world_size % o.nodes_override == 0, ConfigError, "parallel.nodes_override (",
-                   o.nodes_override, ") must divide the world size (", world_size, ")");
-  }
-  if (o.ranks_per_node_override > 0) {
-    CONDENSA_CHECK(world_size % o.ranks_per_node_override == 0, ConfigError,
-                   "parallel.ranks_per_node_override (", o.ranks_per_node_override,
-                   ") must divide the world size (", world_size, ")");
-  }
-  if (o.nodes_override > 0 && o.ranks_per_node_override > 0) {
-    CONDENSA_CHECK(o.nodes_override * o.ranks_per_node_override == world_size, ConfigError,
-                   "parallel.nodes_override (", o.nodes_override,
-                   ") x parallel.ranks_per_node_override (", o.ranks_per_node_override,
-                   ") must equal the world size (", world_size, ")");
-  }
-}
-
-void validate_expert_parallel(int expert_parallel, int num_routed_experts) {
-  CONDENSA_CHECK(
-      expert_parallel >= 1 && num_routed_experts >= 1 && num_routed_experts % expert_parallel == 0,
-      ConfigError, "parallel.expert_parallel (", expert_parallel,
-      ") must divide model.num_routed_experts (", num_routed_experts, ")");
-}
-
 std::vector<int> fake_node_map(int world_size, const MeshOptions& o) {
-  int per_node = o.ranks_per_node_override;
-  if (per_node == 0 && o.nodes_override > 0) per_node = world_size / o.nodes_override;
-  if (per_node == 0) return {};
+  if (o.ranks_per_node == 0) return {};
   std::vector<int> nodes(world_size);
-  for (int r = 0; r < world_size; ++r) nodes[r] = r / per_node;
+  for (int r = 0; r < world_size; ++r) nodes[r] = r / o.ranks_per_node;
   return nodes;
 }
 
@@ -79,8 +37,16 @@ void check_same_config(Communicator& comm, const std::string& config_text) {
 }
 
 Mesh Mesh::create(Communicator& world, const MeshOptions& options) {
-  // 1. Validate before any communicator is split (every rank throws the same error).
-  validate_mesh(world.size(), options);
+  // 1. Invariants of a validated config (Config::validate_for_world owns the rules and their
+  // messages); checked before any split so that every rank throws and the world stays usable.
+  const int w = world.size(), pp = options.pipeline_parallel, ep = options.expert_parallel;
+  const int rpn = options.ranks_per_node;
+  CONDENSA_CHECK(pp >= 1 && ep >= 1 && rpn >= 0 && w % pp == 0 && (w / pp) % ep == 0 &&
+                     (rpn == 0 || w % rpn == 0),
+                 Error, "Mesh::create: options (pipeline_parallel ", pp, ", expert_parallel ", ep,
+                 ", ranks_per_node ", rpn, ") do not fit world size ", w,
+                 "; build them with trainer::mesh_options from a config checked by "
+                 "validate_for_world");
 
   Mesh m;
   m.world_rank_ = world.rank();

@@ -6,8 +6,10 @@
 // inside a node where possible. With rank = pp_rank * dp + dp_rank:
 //   dp_rank  = rank % dp          pp_rank  = rank / dp
 //   ep_rank  = dp_rank % ep       edp_rank = dp_rank / ep   (edp = dp / ep ranks share experts)
-// All validation runs before any communicator is split. A Mesh is a value: copies share the
-// sub-communicators; there is no global parallel state.
+// The mesh is built from a validated config (trainer/config: Config::validate_for_world holds
+// every layout rule and its user-facing message); it does not re-validate, it only asserts
+// its own invariants. A Mesh is a value: copies share the sub-communicators; there is no
+// global parallel state.
 #pragma once
 
 #include <memory>
@@ -18,18 +20,15 @@
 
 namespace condensa::parallel {
 
+// From a validated config: trainer::mesh_options(config) after validate_for_world.
 struct MeshOptions {
-  int pipeline_parallel = 1;
-  int expert_parallel = 1;
-  int nodes_override = 0;           // 0 = discover (MPI_COMM_TYPE_SHARED)
-  int ranks_per_node_override = 0;  // fake nodes of this many consecutive ranks (tests)
+  int pipeline_parallel = 1;  // parallel.pipeline_parallel, divides the world size
+  int expert_parallel = 1;    // parallel.expert_parallel, divides the data-parallel size
+  int ranks_per_node = 0;     // parallel.ranks_per_node: 0 = discover, k = fake nodes of k ranks
 };
 
-// Throws ConfigError naming the offending keys and values. Pure; runs before any split.
-void validate_mesh(int world_size, const MeshOptions& options);
-// parallel.expert_parallel must divide model.num_routed_experts.
-void validate_expert_parallel(int expert_parallel, int num_routed_experts);
-// Node index of each rank for fake nodes (overrides), or an empty vector when both are 0.
+// Node index of each rank for fake nodes of `options.ranks_per_node` consecutive ranks, or an
+// empty vector when it is 0 (discover).
 std::vector<int> fake_node_map(int world_size, const MeshOptions& options);
 
 // Hashes config_text on every rank and throws CommError on every rank if any rank's hash
@@ -38,7 +37,9 @@ void check_same_config(Communicator& comm, const std::string& config_text);
 
 class Mesh {
  public:
-  // Collective over world: validates, discovers (or fakes) the node map, splits the groups.
+  // Collective over world: discovers (or fakes) the node map, splits the groups. `options`
+  // come from a config validated for this world; an options/world mismatch is a programming
+  // error (condensa::Error, thrown on every rank before any split), not a config message.
   static Mesh create(Communicator& world, const MeshOptions& options);
 
   int world_rank() const { return world_rank_; }

@@ -11,8 +11,10 @@
 #include "common/durable_file.h"
 #include "common/error.h"
 #include "common/matmul_peak.h"
+#include "model/accounting.h"
 #include "model/init.h"
 #include "model/moe/balance.h"
+#include "model/param_names.h"
 #include "parallel/expert_parallel.h"
 #include "trainer/checkpoint/directory.h"
 #include "trainer/checkpoint/state.h"
@@ -23,38 +25,7 @@ namespace fs = std::filesystem;
 
 namespace condensa::trainer {
 
-double training_flops_per_token(const model::ModelConfig& m, int64_t seq_len) {
-  const double D = m.hidden_size, H = m.num_heads;
-  const double qk = m.qk_head_dim(), v = m.v_head_dim;
-  // Attention projections.
-  double attn = m.q_lora_rank == 0 ? D * H * qk : D * m.q_lora_rank + m.q_lora_rank * H * qk;
-  attn += D * (m.kv_lora_rank + m.qk_rope_head_dim) +
-          m.kv_lora_rank * H * (m.qk_nope_head_dim + v) + H * v * D;
-  const double dense_mlp = 3.0 * D * m.intermediate_size;
-  const double expert = 3.0 * D * m.moe_intermediate_size;
-  const double moe = expert * (m.top_k + m.num_shared_experts) + D * m.num_routed_experts;
-  const int64_t moe_layers = m.num_layers - m.num_dense_layers;
-  double active =
-      m.num_layers * attn + m.num_dense_layers * dense_mlp + moe_layers * moe + D * m.vocab_size;
-  // MTP modules: eh_proj + one block each (MoE when past the dense layers) + shared head.
-  for (int64_t k = 0; k < m.mtp_depth; ++k) {
-    active += 2.0 * D * D + attn + (m.is_moe_layer(m.num_layers + k) ? moe : dense_mlp) +
-              D * m.vocab_size;
-  }
-  // Causal attention scores and weighted values: each query sees seq_len / 2 keys on average.
-  const double attention_matmuls = (m.num_layers + m.mtp_depth) * H * (qk + v) * seq_len;
-  return 6.0 * active + 3.0 * attention_matmuls;
-}
-
 namespace {
-
-parallel::MeshOptions mesh_options(const Config& c) {
-  parallel::MeshOptions o;
-  o.pipeline_parallel = static_cast<int>(c.parallel.pipeline_parallel);
-  o.expert_parallel = static_cast<int>(c.parallel.expert_parallel);
-  o.ranks_per_node_override = static_cast<int>(c.parallel.ranks_per_node);
-  return o;
-}
 
 data::SamplerOptions sampler_options(const Config& c) {
   data::SamplerOptions o;
@@ -160,7 +131,7 @@ Trainer::Trainer(const Config& cfg,
   CONDENSA_CHECK(data_->vocab_size() <= m.vocab_size, ConfigError, "model.vocab_size (",
                  m.vocab_size, ") is smaller than the vocabulary of the data (",
                  data_->vocab_size(), ", tokenizer '", data_->tokenizer_name(), "')");
-  flops_per_token_ = training_flops_per_token(m, cfg_.train.seq_len);
+  flops_per_token_ = model::training_flops_per_token(m, cfg_.train.seq_len);
   peak_flops_ = measure_matmul_flops(
       cfg_.train.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32, 512, 0.2);
 }

@@ -72,7 +72,4 @@ class Trainer {
   std::string last_checkpoint_;
 };
 
-// Model FLOPs per trained token: 6 x activated matmul parameters + causal attention.
-double training_flops_per_token(const model::ModelConfig& m, int64_t seq_len);
-
 }  // namespace condensa::trainer

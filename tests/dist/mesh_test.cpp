@@ -1,5 +1,5 @@
 // Process mesh over the MPI world: group memberships for every layout the world size allows,
-// node maps (discovered and faked), validation messages and the config-hash check.
+// node maps (discovered and faked), the invariant check and the config-hash check.
 #include "parallel/mesh.h"
 
 #include <gtest/gtest.h>
@@ -79,48 +79,51 @@ TEST(MeshTest, DiscoveredNodesMatchHostNames) {
 TEST(MeshTest, FakeNodesOfConsecutiveRanks) {
   const int world = mpi_world().size();
   MeshOptions options;
-  options.ranks_per_node_override = world / 2;  // two fake nodes
-  options.expert_parallel = world;              // one ep group spanning both
+  options.ranks_per_node = world / 2;  // two fake nodes
+  options.expert_parallel = world;     // one ep group spanning both
   const Mesh m = Mesh::create(mpi_world(), options);
   EXPECT_EQ(m.num_nodes(), 2);
   EXPECT_EQ(m.node(), m.world_rank() / (world / 2));
   EXPECT_EQ(m.num_nodes_in_ep_group(), 2);
   for (int e = 0; e < world; ++e) EXPECT_EQ(m.node_of_ep_rank(e), e / (world / 2));
 
-  // Same nodes, given as a node count; ep groups of half the world stay inside one node.
-  MeshOptions by_count;
-  by_count.nodes_override = 2;
-  by_count.expert_parallel = world / 2;
-  const Mesh half = Mesh::create(mpi_world(), by_count);
+  // Same nodes; ep groups of half the world stay inside one node.
+  MeshOptions half_ep;
+  half_ep.ranks_per_node = world / 2;
+  half_ep.expert_parallel = world / 2;
+  const Mesh half = Mesh::create(mpi_world(), half_ep);
   EXPECT_EQ(half.node_of_world_rank(), m.node_of_world_rank());
   EXPECT_EQ(half.num_nodes_in_ep_group(), 1);
   for (int e = 0; e < half.ep_size(); ++e) EXPECT_EQ(half.node_of_ep_rank(e), 0);
 }
 
-template <class F>
-std::string config_error(F&& fn) {
+// Options that do not fit the world are a programming error (the config's validate_for_world
+// owns the rules and their messages, tests/unit/trainer/config_test.cpp): every rank throws
+// before any split, naming the options and the world size.
+std::string mesh_error(const MeshOptions& options) {
   try {
-    fn();
-  } catch (const ConfigError& e) {
+    Mesh::create(mpi_world(), options);
+  } catch (const Error& e) {
     return e.what();
   }
   return "";
 }
 
-TEST(MeshTest, ValidationMessagesNameBothOperands) {
+TEST(MeshTest, OptionsThatDoNotFitTheWorldThrowBeforeAnySplit) {
   const int world = mpi_world().size();
   MeshOptions pp3;
   pp3.pipeline_parallel = 3;
-  EXPECT_EQ(config_error([&] { Mesh::create(mpi_world(), pp3); }),
-            str("parallel.pipeline_parallel (3) must divide the world size (", world, ")"));
+  EXPECT_NE(mesh_error(pp3).find(str("pipeline_parallel 3, expert_parallel 1, ranks_per_node 0) "
+                                     "do not fit world size ",
+                                     world)),
+            std::string::npos);
   MeshOptions ep3;
   ep3.expert_parallel = 3;
-  EXPECT_EQ(config_error([&] { Mesh::create(mpi_world(), ep3); }),
-            str("parallel.expert_parallel (3) must divide the data-parallel size (", world,
-                ") = world (", world, ") / pipeline_parallel (1)"));
-  EXPECT_EQ(config_error([] { parallel::validate_expert_parallel(3, 8); }),
-            "parallel.expert_parallel (3) must divide model.num_routed_experts (8)");
-  // The world is still usable: validation threw before any split.
+  EXPECT_NE(mesh_error(ep3).find("expert_parallel 3"), std::string::npos);
+  MeshOptions rpn3;
+  rpn3.ranks_per_node = 3;
+  EXPECT_NE(mesh_error(rpn3).find("ranks_per_node 3"), std::string::npos);
+  // The world is still usable: the check threw before any split.
   EXPECT_EQ(mpi_world().all_gather_int64({1}).size(), static_cast<size_t>(world));
 }
 

@@ -93,7 +93,7 @@ TEST(NodeLimitedRouting, TokensUseAtMostMNodesOfTheFakeNodeMap) {
   auto& world = condensa::testing::mpi_world();
   parallel::MeshOptions mo;
   mo.expert_parallel = world.size();
-  mo.ranks_per_node_override = 1;  // every rank its own node
+  mo.ranks_per_node = 1;  // every rank its own node
   auto mesh = parallel::Mesh::create(world, mo);
   ASSERT_EQ(mesh.num_nodes_in_ep_group(), world.size());
   const int64_t E = 4 * world.size();

@@ -4,7 +4,7 @@
 #include <map>
 
 #include "common/error.h"
-#include "model/init.h"
+#include "model/param_names.h"
 #include "parallel/grad_sync.h"
 #include "trainer/checkpoint/directory.h"
 #include "trainer/checkpoint/safetensors.h"
@@ -12,14 +12,6 @@
 namespace fs = std::filesystem;
 
 namespace condensa::trainer {
-
-std::string expert_global_name(const std::string& stacked, int64_t e) {
-  const std::string marker = ".mlp.experts.";
-  auto pos = stacked.find(marker);
-  CONDENSA_CHECK(pos != std::string::npos, Error, "not an expert parameter: ", stacked);
-  return stacked.substr(0, pos + marker.size()) + std::to_string(e) + "." +
-         stacked.substr(pos + marker.size());
-}
 
 namespace {
 
@@ -46,7 +38,7 @@ std::vector<GlobalRange> to_global(const std::string& name,
                                    false);
   for (const auto& o : slices.overlaps({start, end})) {
     const int64_t local = start + o.range_offset;
-    out.push_back({expert_global_name(name, first_expert + o.tensor), o.tensor_offset,
+    out.push_back({model::expert_global_name(name, first_expert + o.tensor), o.tensor_offset,
                    o.tensor_offset + o.size, local, local + o.size, shape});
   }
   return out;
@@ -78,7 +70,7 @@ std::string save_checkpoint(const SaveRequest& req,
       if (mesh.edp_rank() != 0) continue;
       const int64_t first = model.first_expert_of(p);
       for (int64_t e = 0; e < p.size(0); ++e)
-        model_tensors.emplace_back(expert_global_name(name, first + e), p[e].cpu());
+        model_tensors.emplace_back(model::expert_global_name(name, first + e), p[e].cpu());
     } else if (world.rank() == 0) {
       model_tensors.emplace_back(name, p.detach().cpu());
     }
@@ -195,7 +187,7 @@ void assign_global_tensors(model::TransformerImpl& model,
     if (model::is_expert_param(name)) {
       const int64_t first = model.first_expert_of(p);
       for (int64_t e = 0; e < p.size(0); ++e) {
-        auto g = expert_global_name(name, first + e);
+        auto g = model::expert_global_name(name, first + e);
         auto src = get(g);
         check_shape(g, src, p[e]);
         p[e].copy_(src);
@@ -247,7 +239,7 @@ nlohmann::json load_checkpoint(const std::string& dir,
     const int64_t first = model.first_expert_of(p);
     std::vector<torch::Tensor> parts;
     for (int64_t e = 0; e < p.size(0); ++e)
-      parts.push_back(lookup(expert_global_name(param, first + e)));
+      parts.push_back(lookup(model::expert_global_name(param, first + e)));
     return torch::cat(parts);
   });
   optim.set_step_count(meta.value("optimizer_steps", meta.value("step", int64_t(0))));

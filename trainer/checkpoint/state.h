@@ -2,14 +2,15 @@
 //
 // Every tensor is saved under its layout-independent global name: dense parameters as they
 // are ("layers.0.self_attn.o_proj.weight"), routed experts one tensor per global expert
-// ("layers.1.mlp.experts.5.gate_proj"), the balancing bias as a buffer. Dense parameters are
+// ("layers.1.mlp.experts.5.gate_proj", model::expert_global_name in model/param_names.h), the
+// balancing bias as a buffer. Dense parameters are
 // written by world rank 0, each expert shard by the first replica (edp rank 0) of its ep rank.
 // Optimizer state is written by the rank that owns it (all of it with ZeRO-0 by group rank 0;
 // the rank's flat shard with ZeRO-1) as pieces: element ranges [start, end) of a flattened
 // global tensor, described in the file's safetensors metadata. Loading assembles the global
 // tensors a rank needs from all files, whatever layout wrote them: that is resharding.
 // The directory mechanics (temp dir, manifests, fsync, atomic rename, `latest`) are
-// trainer/checkpoint_io.h.
+// trainer/checkpoint/directory.h.
 #pragma once
 
 #include <torch/torch.h>
@@ -48,10 +49,6 @@ nlohmann::json load_checkpoint(const std::string& step_dir,
 // Model tensors only (eval, generate, export), assembled by global name.
 std::vector<std::pair<std::string, torch::Tensor>> load_global_model_tensors(
     const std::string& step_dir);
-
-// Global name of slice e of a stacked expert parameter: "layers.1.mlp.experts.gate_proj", 5
-// -> "layers.1.mlp.experts.5.gate_proj".
-std::string expert_global_name(const std::string& stacked_name, int64_t expert);
 
 // Copies global tensors into a model of any layout (experts picked by global index).
 void assign_global_tensors(model::TransformerImpl& model,

@@ -1,13 +1,14 @@
 // `condensa plan CONFIG.yaml`: parameter counts, FLOPs and memory per rank, from the config
 // alone (nothing is allocated), so a 671B layout can be checked on a laptop.
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "common/args.h"
 #include "common/error.h"
 #include "model/accounting.h"
 #include "trainer/cli/commands.h"
 #include "trainer/cli/world.h"
-#include "trainer/trainer.h"
+#include "trainer/config/config.h"
 
 namespace condensa::trainer {
 namespace {
@@ -58,7 +59,7 @@ int plan_command(const Args& args) {
       8.0 * expert_params / ep / pp / (cfg.parallel.zero_stage == 1 ? dp / ep : 1);
   const double bytes_rank = params_rank * 4 /*fp32 weights*/ + params_rank * 4 /*fp32 grads*/ +
                             optim_dense + optim_expert;
-  const double flops = training_flops_per_token(m, cfg.train.seq_len);
+  const double flops = model::training_flops_per_token(m, cfg.train.seq_len);
   std::printf("model %s\n", a.positional[0].c_str());
   std::printf("  total parameters      %s (%.0f)\n", human(c.total).c_str(), c.total);
   std::printf("  activated per token   %s (%.0f)\n", human(c.active).c_str(), c.active);

@@ -3,13 +3,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <map>
-#include <regex>
 #include <set>
 #include <sstream>
 
 #include "common/durable_file.h"
 #include "common/error.h"
+#include "model/param_names.h"
+#include "trainer/checkpoint/directory.h"
 #include "trainer/checkpoint/safetensors.h"
 #include "trainer/checkpoint/state.h"
 
@@ -154,83 +154,29 @@ model::ModelConfig model_config_from_hf(const nlohmann::json& j, const std::stri
   return m;
 }
 
-namespace {
-bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
-const std::regex kExpert(R"(^(layers\.\d+\.mlp\.experts\.\d+\.(gate|up|down)_proj)$)");
-const std::regex kMtp(R"(^mtp\.(\d+)\.(.*)$)");
-const std::regex kHfLayer(R"(^model\.layers\.(\d+)\.(.*)$)");
-const std::regex kHfExpert(R"(^(.*\.mlp\.experts\.\d+\.(gate|up|down)_proj)\.weight$)");
-}  // namespace
-
 NamedTensorList to_hf_tensors(const model::ModelConfig& m, const NamedTensorList& global) {
   NamedTensorList out;
   torch::Tensor embed, head;
-  std::smatch mt;
   for (const auto& [name, t] : global) {
-    if (name == "lm_head.weight") {
-      head = t;
-      out.emplace_back(name, t);
-      continue;
-    }
-    if (name == "embed_tokens.weight") embed = t;
-    std::string n = name;
-    std::string suffix = std::regex_match(n, kExpert) ? ".weight" : "";
-    if (std::regex_match(n, mt, kMtp)) {
-      const int64_t layer = m.num_layers + std::stoll(mt[1]);
-      std::string rest = mt[2];
-      if (starts_with(rest, "block.")) rest = rest.substr(6);
-      if (starts_with(rest, "shared_head_norm.")) rest = "shared_head.norm." + rest.substr(17);
-      if (std::regex_match(rest, std::regex(R"(^mlp\.experts\.\d+\.(gate|up|down)_proj$)")))
-        suffix = ".weight";
-      n = "layers." + std::to_string(layer) + "." + rest;
-    }
-    out.emplace_back("model." + n + suffix, t);
+    if (name == model::kLmHeadName) head = t;
+    if (name == model::kEmbeddingName) embed = t;
+    out.emplace_back(model::hf_name(name, m.num_layers), t);
   }
   for (int64_t k = 0; k < m.mtp_depth; ++k) {
-    const std::string p = "model.layers." + std::to_string(m.num_layers + k) + ".";
-    out.emplace_back(p + "embed_tokens.weight", embed);
-    out.emplace_back(p + "shared_head.head.weight", head);
+    const auto copies = model::hf_mtp_shared_copies(k, m.num_layers);
+    out.emplace_back(copies[0], embed);
+    out.emplace_back(copies[1], head);
   }
   return out;
 }
 
 NamedTensorList from_hf_tensors(const model::ModelConfig& m, const NamedTensorList& hf) {
   NamedTensorList out;
-  std::map<std::string, torch::Tensor> copies;
-  std::smatch mt;
   for (const auto& [name, t] : hf) {
-    if (name == "lm_head.weight") {
-      out.emplace_back(name, t);
-      continue;
-    }
-    CONDENSA_CHECK(starts_with(name, "model."), CheckpointError, "unexpected tensor name '", name,
-                   "'");
-    std::string n = name.substr(6);
-    if (std::regex_match(name, mt, kHfExpert)) n = std::string(mt[1]).substr(6);
-    if (std::regex_match(name, mt, kHfLayer)) {
-      const int64_t layer = std::stoll(mt[1]);
-      if (layer >= m.num_layers) {
-        std::string rest = mt[2];
-        if (std::regex_match(rest,
-                             std::regex(R"(^mlp\.experts\.\d+\.(gate|up|down)_proj\.weight$)"))) {
-          rest = rest.substr(0, rest.size() - 7);
-        }
-        const std::string k = std::to_string(layer - m.num_layers);
-        if (rest == "embed_tokens.weight" || rest == "shared_head.head.weight") {
-          copies[rest] = t;
-          continue;
-        }
-        if (starts_with(rest, "shared_head.norm.")) {
-          n = "mtp." + k + ".shared_head_norm." + rest.substr(17);
-        } else if (starts_with(rest, "enorm.") || starts_with(rest, "hnorm.") ||
-                   starts_with(rest, "eh_proj.")) {
-          n = "mtp." + k + "." + rest;
-        } else {
-          n = "mtp." + k + ".block." + rest;
-        }
-      }
-    }
-    out.emplace_back(n, t);
+    CONDENSA_CHECK(name == model::kLmHeadName || name.rfind("model.", 0) == 0, CheckpointError,
+                   "unexpected tensor name '", name, "'");
+    // nullopt: an MTP layer's copy of the shared embedding or head, which we do not store.
+    if (auto ours = model::global_name_from_hf(name, m.num_layers)) out.emplace_back(*ours, t);
   }
   return out;
 }

@@ -1,10 +1,9 @@
-// Hugging Face DeepseekV3 interop: config.json keys and parameter names.
+// Hugging Face DeepseekV3 interop: config.json keys, tensor lists and directories.
 //
 // Our global names are the HF names without the "model." prefix, except for the parts HF
-// lays out differently: routed experts (ours "layers.N.mlp.experts.E.gate_proj", HF
-// "model.layers.N.mlp.experts.E.gate_proj.weight") and MTP modules (ours "mtp.K.*", HF
-// "model.layers.{num_layers + K}.*" with "enorm", "hnorm", "eh_proj", "shared_head.norm", and
-// copies of the shared embedding and head as "embed_tokens" and "shared_head.head").
+// lays out differently: routed experts and MTP modules (which HF stores as extra layers that
+// carry copies of the shared embedding and head). The name mapping itself is a name rule and
+// lives with the others in model/param_names.h; this file moves tensors and config keys.
 #pragma once
 
 #include <torch/torch.h>

@@ -3,10 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <fstream>
 #include <regex>
 
 #include "common/error.h"
+#include "parallel/mesh.h"
 #include "tests/support/test_util.h"
 
 using condensa::ConfigError;
@@ -14,10 +16,14 @@ using namespace condensa::trainer;
 
 namespace {
 
-// Parses `yaml` with `overrides`; returns the ConfigError message ("" when it parsed).
-std::string error_of(const std::string& yaml, std::vector<std::string> overrides = {}) {
+// Parses `yaml` with `overrides` and, when `world` > 0, validates it for that world size;
+// returns the ConfigError message ("" when it passed).
+std::string error_of(const std::string& yaml,
+                     std::vector<std::string> overrides = {},
+                     int64_t world = 0) {
   try {
-    parse_config_text(yaml, overrides, "test.yaml");
+    Config c = parse_config_text(yaml, overrides, "test.yaml");
+    if (world > 0) c.validate_for_world(world);
   } catch (const ConfigError& e) {
     return e.what();
   }
@@ -29,13 +35,29 @@ struct Case {
   const char* yaml;
   std::vector<std::string> overrides;
   std::vector<std::string> expected;  // substrings of the message
+  int64_t world = 0;                  // > 0: a rule of validate_for_world(world)
 };
+
+// gtest prints a failing case by its name, not its bytes.
+void PrintTo(const Case& c, std::ostream* os) { *os << '"' << c.name << '"'; }
+
+// "ep divides experts" -> "ep_divides_experts": the case's name, readable in test output.
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  std::string name = info.param.name;
+  for (char& ch : name) {
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  }
+  return name;
+}
 
 class ConfigErrors : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ConfigErrors, MessageNamesKeyAndValue) {
   const Case& c = GetParam();
-  auto msg = error_of(c.yaml, c.overrides);
+  if (c.world > 0) {
+    ASSERT_EQ(error_of(c.yaml, c.overrides), "") << c.name << ": only the world rule may fail";
+  }
+  auto msg = error_of(c.yaml, c.overrides, c.world);
   ASSERT_FALSE(msg.empty()) << c.name << ": expected an error";
   for (const auto& s : c.expected)
     EXPECT_NE(msg.find(s), std::string::npos) << c.name << ": '" << msg << "' lacks '" << s << "'";
@@ -78,7 +100,47 @@ const Case kCases[] = {
     {"ep divides experts",
      "parallel: {expert_parallel: 3}",
      {},
-     {"parallel.expert_parallel (3)", "model.num_routed_experts (8)"}},
+     {"parallel.expert_parallel (3) must divide model.num_routed_experts (8)"}},
+    {"pp at least one",
+     "parallel: {pipeline_parallel: 0}",
+     {},
+     {"parallel.pipeline_parallel = 0", ">= 1"}},
+    {"ep at least one",
+     "parallel: {expert_parallel: 0}",
+     {},
+     {"parallel.expert_parallel = 0", ">= 1"}},
+    {"ranks_per_node not negative",
+     "parallel: {ranks_per_node: -1}",
+     {},
+     {"parallel.ranks_per_node = -1", ">= 0"}},
+    {"pp divides world",
+     "parallel: {pipeline_parallel: 3}",
+     {},
+     {"parallel.pipeline_parallel (3) must divide the world size (4)"},
+     4},
+    {"ep divides dp",
+     "parallel: {expert_parallel: 8}",
+     {},
+     {"parallel.expert_parallel (8) must divide the data-parallel size (4) = world (4) / "
+      "pipeline_parallel (1)"},
+     4},
+    {"ep divides dp after pp",
+     "parallel: {pipeline_parallel: 2, expert_parallel: 8}",
+     {},
+     {"parallel.expert_parallel (8) must divide the data-parallel size (4) = world (8) / "
+      "pipeline_parallel (2)"},
+     8},
+    {"ranks_per_node divides world",
+     "parallel: {ranks_per_node: 3}\ntrain: {global_batch_size: 8, micro_batch_size: 2}",
+     {},
+     {"parallel.ranks_per_node (3) must divide the world size (4)"},
+     4},
+    {"batch splits over dp",
+     "train: {global_batch_size: 8, micro_batch_size: 4}",
+     {},
+     {"train.global_batch_size (8) must be divisible by train.micro_batch_size (4) x "
+      "data-parallel size (4) = 16"},
+     4},
     {"vocab too small", "model: {vocab_size: 100}", {}, {"model.vocab_size (100)", "259"}},
     {"seq_len too long",
      "model: {max_seq_len: 16}\ntrain: {seq_len: 32}",
@@ -99,7 +161,7 @@ const Case kCases[] = {
     {"dtype", "train: {dtype: fp8}", {}, {"train.dtype", "'fp8'", "fp32 | bf16"}},
 };
 
-INSTANTIATE_TEST_SUITE_P(All, ConfigErrors, ::testing::ValuesIn(kCases));
+INSTANTIATE_TEST_SUITE_P(All, ConfigErrors, ::testing::ValuesIn(kCases), case_name);
 
 }  // namespace
 
@@ -148,6 +210,23 @@ TEST(Config, WorldDependentChecksNameEveryOperand) {
         std::string::npos)
         << e.what();
   }
+}
+
+TEST(Config, ValidLayoutsPassTheWorldRules) {
+  auto c = parse_config_text(
+      "train: {global_batch_size: 16, micro_batch_size: 2}\n"
+      "parallel: {pipeline_parallel: 2, expert_parallel: 4, ranks_per_node: 8}");
+  EXPECT_NO_THROW(c.validate_for_world(16));
+  EXPECT_NO_THROW(parse_config_text("{}").validate_for_world(1));
+}
+
+TEST(Config, MeshOptionsCarryTheValidatedLayout) {
+  auto c =
+      parse_config_text("parallel: {pipeline_parallel: 2, expert_parallel: 4, ranks_per_node: 8}");
+  const condensa::parallel::MeshOptions o = mesh_options(c);
+  EXPECT_EQ(o.pipeline_parallel, 2);
+  EXPECT_EQ(o.expert_parallel, 4);
+  EXPECT_EQ(o.ranks_per_node, 8);
 }
 
 TEST(Config, MissingFileIsNamed) {

@@ -1,10 +1,11 @@
 // YAML <-> Config. The section structs list their keys through `visit`; this file walks them
 // with three visitors: one that reads a YAML node (and records which keys it used, so that
 // unknown keys are reported with a "did you mean"), one that writes YAML, one that lists keys.
-#include "trainer/config/config.h"
+#include "trainer/config/yaml.h"
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -295,126 +296,6 @@ std::string config_reference_markdown() {
   MarkdownLister l(os);
   c.visit_sections(l);
   return os.str();
-}
-
-// ---- validation --------------------------------------------------------------------------
-
-namespace {
-template <class T>
-void require(bool ok, const std::string& key, const T& value, const std::string& rule) {
-  if (!ok) throw ConfigError(str(key, " = ", value, ": ", rule));
-}
-void require_one_of(const std::string& key,
-                    const std::string& value,
-                    std::initializer_list<const char*> allowed) {
-  std::string all;
-  for (const char* a : allowed) {
-    if (value == a) return;
-    all += (all.empty() ? "" : " | ") + std::string(a);
-  }
-  throw ConfigError(str(key, " = '", value, "': must be one of ", all));
-}
-}  // namespace
-
-void RunConfig::validate() const {
-  require(!dir.empty(), "run.dir", "''", "must not be empty");
-  require(seed >= 0, "run.seed", seed, "must be >= 0");
-  require(threads >= 0, "run.threads", threads, "must be >= 0");
-}
-
-void DataConfig::validate() const {
-  require_one_of("data.source", source, {"synthetic", "tokens"});
-  if (source == "tokens") {
-    require(!path.empty(), "data.path", "''",
-            "must name a token shard directory when data.source = tokens");
-  }
-  require_one_of("data.tokenizer", tokenizer, {"byte"});
-  require(val_fraction > 0 && val_fraction < 1, "data.val_fraction", val_fraction,
-          "must be in (0, 1)");
-}
-
-void TrainConfig::validate() const {
-  require(steps >= 1, "train.steps", steps, "must be >= 1");
-  require(global_batch_size >= 1, "train.global_batch_size", global_batch_size, "must be >= 1");
-  require(micro_batch_size >= 1, "train.micro_batch_size", micro_batch_size, "must be >= 1");
-  require(seq_len >= 2, "train.seq_len", seq_len, "must be >= 2");
-  require_one_of("train.dtype", dtype, {"fp32", "bf16"});
-  require(grad_clip >= 0, "train.grad_clip", grad_clip, "must be >= 0");
-  require(eval_every >= 0, "train.eval_every", eval_every, "must be >= 0");
-  require(eval_batches >= 1, "train.eval_batches", eval_batches, "must be >= 1");
-  require(stop_at_step >= 0, "train.stop_at_step", stop_at_step, "must be >= 0 (0 = off)");
-}
-
-void OptimConfig::validate() const {
-  require(lr > 0, "optim.lr", lr, "must be > 0");
-  require(min_lr >= 0 && min_lr <= lr, "optim.min_lr", min_lr,
-          str("must be in [0, optim.lr (", lr, ")]"));
-  require(warmup_steps >= 0, "optim.warmup_steps", warmup_steps, "must be >= 0");
-  require_one_of("optim.schedule", schedule, {"cosine", "linear", "constant"});
-  require(beta1 >= 0 && beta1 < 1, "optim.beta1", beta1, "must be in [0, 1)");
-  require(beta2 >= 0 && beta2 < 1, "optim.beta2", beta2, "must be in [0, 1)");
-  require(eps > 0, "optim.eps", eps, "must be > 0");
-  require(weight_decay >= 0, "optim.weight_decay", weight_decay, "must be >= 0");
-}
-
-void ParallelConfig::validate() const {
-  require(expert_parallel >= 1, "parallel.expert_parallel", expert_parallel, "must be >= 1");
-  require(pipeline_parallel >= 1, "parallel.pipeline_parallel", pipeline_parallel, "must be >= 1");
-  require(zero_stage == 0 || zero_stage == 1, "parallel.zero_stage", zero_stage, "must be 0 or 1");
-  require(timeout_s >= 0, "parallel.timeout_s", timeout_s,
-          "must be >= 0 (0 disables the watchdog)");
-  require_one_of("parallel.backend", backend, {"auto", "mpi", "nccl"});
-  require(ranks_per_node >= 0, "parallel.ranks_per_node", ranks_per_node, "must be >= 0");
-}
-
-void CheckpointConfig::validate() const {
-  require(every >= 0, "checkpoint.every", every, "must be >= 0");
-  require(keep >= 0, "checkpoint.keep", keep, "must be >= 0");
-  require(!resume.empty(), "checkpoint.resume", "''", "must be auto, none or a path");
-}
-
-void LogConfig::validate() const { require(every >= 1, "log.every", every, "must be >= 1"); }
-
-void Config::validate() const {
-  run.validate();
-  data.validate();
-  model.validate();
-  train.validate();
-  optim.validate();
-  parallel.validate();
-  checkpoint.validate();
-  log.validate();
-  if (data.tokenizer == "byte" && model.vocab_size < 259) {
-    throw ConfigError(str("model.vocab_size (", model.vocab_size,
-                          ") is smaller than the vocabulary of data.tokenizer 'byte' (259)"));
-  }
-  if (train.seq_len + model.mtp_depth > model.max_seq_len) {
-    throw ConfigError(str("train.seq_len (", train.seq_len, ") exceeds model.max_seq_len (",
-                          model.max_seq_len, ")"));
-  }
-  if (model.num_routed_experts % parallel.expert_parallel != 0) {
-    throw ConfigError(str("parallel.expert_parallel (", parallel.expert_parallel,
-                          ") must divide model.num_routed_experts (", model.num_routed_experts,
-                          ")"));
-  }
-}
-
-void Config::validate_for_world(int64_t world) const {
-  if (world % parallel.pipeline_parallel != 0) {
-    throw ConfigError(str("parallel.pipeline_parallel (", parallel.pipeline_parallel,
-                          ") must divide the world size (", world, ")"));
-  }
-  int64_t dp = data_parallel(world);
-  if (dp % parallel.expert_parallel != 0) {
-    throw ConfigError(str("parallel.expert_parallel (", parallel.expert_parallel,
-                          ") must divide the data-parallel size (", dp, ") = world (", world,
-                          ") / pipeline_parallel (", parallel.pipeline_parallel, ")"));
-  }
-  if (train.global_batch_size % (train.micro_batch_size * dp) != 0) {
-    throw ConfigError(str("train.global_batch_size (", train.global_batch_size,
-                          ") must be divisible by train.micro_batch_size (", train.micro_batch_size,
-                          ") x data-parallel size (", dp, ") = ", train.micro_batch_size * dp));
-  }
 }
 
 }  // namespace condensa::trainer
