@@ -1,5 +1,6 @@
 #include "model/transformer.h"
 
+#include "model/moe/balance.h"
 #include "model/recompute.h"
 
 namespace condensa::model {
@@ -123,11 +124,6 @@ std::vector<MoELayer> TransformerImpl::moe_layers() const {
   return out;
 }
 
-void TransformerImpl::set_token_languages(const torch::Tensor& language_BS) {
-  for (auto& l : moe_layers())
-    l->token_language_T = language_BS.defined() ? language_BS.reshape({-1}) : language_BS;
-}
-
 int64_t TransformerImpl::first_expert_of(const torch::Tensor& p) const {
   for (auto& moe : moe_layers()) {
     for (auto& ep : moe->experts->named_parameters(false)) {
@@ -135,6 +131,53 @@ int64_t TransformerImpl::first_expert_of(const torch::Tensor& p) const {
     }
   }
   throw std::invalid_argument("first_expert_of: not an expert parameter of this model");
+}
+
+torch::Tensor expert_load(const TransformerImpl& model) {
+  std::vector<torch::Tensor> rows;
+  for (auto& l : model.moe_layers()) rows.push_back(l->gate->stats.tokens_per_expert_E);
+  if (rows.empty()) return torch::zeros({0, model.cfg.num_routed_experts}, torch::kInt64);
+  return torch::stack(rows);
+}
+
+torch::Tensor dropped_assignments(const TransformerImpl& model) {
+  std::vector<torch::Tensor> rows;
+  for (auto& l : model.moe_layers()) rows.push_back(l->gate->stats.dropped);
+  if (rows.empty()) return torch::zeros({0}, torch::kInt64);
+  return torch::stack(rows);
+}
+
+void reset_routing_stats(TransformerImpl& model) {
+  for (auto& l : model.moe_layers()) l->gate->reset_stats();
+}
+
+void apply_bias_update(TransformerImpl& model, const torch::Tensor& load_LE, double gamma) {
+  auto layers = model.moe_layers();
+  TORCH_CHECK(load_LE.dim() == 2 && load_LE.size(0) == static_cast<int64_t>(layers.size()),
+              "apply_bias_update: load has shape ", load_LE.sizes(), " for ", layers.size(),
+              " MoE layers");
+  for (size_t i = 0; i < layers.size(); ++i)
+    update_balance_bias(layers[i]->gate->e_score_correction_bias, load_LE[i], gamma);
+}
+
+torch::Tensor balance_biases(const TransformerImpl& model) {
+  std::vector<torch::Tensor> rows;
+  for (auto& l : model.moe_layers()) rows.push_back(l->gate->e_score_correction_bias);
+  if (rows.empty()) return torch::zeros({0, model.cfg.num_routed_experts});
+  return torch::stack(rows);
+}
+
+void keep_routing_assignments(TransformerImpl& model, bool keep) {
+  for (auto& l : model.moe_layers()) {
+    l->gate->stats.keep_assignments = keep;
+    if (!keep) l->gate->stats.last_topk_idx_TK = torch::Tensor();
+  }
+}
+
+std::vector<torch::Tensor> routing_assignments(const TransformerImpl& model) {
+  std::vector<torch::Tensor> out;
+  for (auto& l : model.moe_layers()) out.push_back(l->gate->stats.last_topk_idx_TK);
+  return out;
 }
 
 }  // namespace condensa::model

@@ -21,8 +21,6 @@
 
 namespace condensa::model {
 
-using DispatcherFactory = std::function<std::shared_ptr<TokenDispatcher>(int64_t layer)>;
-
 struct BlockImpl : torch::nn::Module {
   BlockImpl(const ModelConfig& cfg, int64_t layer, const DispatcherFactory& make_dispatcher);
   torch::Tensor forward(const torch::Tensor& x_BSD,
@@ -67,8 +65,6 @@ struct TransformerImpl : torch::nn::Module {
   std::vector<MoELayer> moe_layers() const;
   // Global index of slice 0 of a stacked expert parameter of this model (throws otherwise).
   int64_t first_expert_of(const torch::Tensor& expert_param) const;
-  // Routing language ids per token [B, S] for the next forward (or undefined to stop).
-  void set_token_languages(const torch::Tensor& language_BS);
 
   ModelConfig cfg;
   RopeTables rope;
@@ -79,5 +75,24 @@ struct TransformerImpl : torch::nn::Module {
   torch::nn::ModuleList mtp{nullptr};
 };
 TORCH_MODULE(Transformer);
+
+// Routing statistics and load balancing of a model's MoE layers, so that callers never name
+// router internals. Row l is moe_layers()[l]; tensors stay on the model's device (no host
+// sync), E = cfg.num_routed_experts.
+//
+// Tokens per expert [L, E] int64 routed since the last reset, before capacity dropping.
+torch::Tensor expert_load(const TransformerImpl& model);
+// Assignments dropped by capacity since the last reset, [L] int64.
+torch::Tensor dropped_assignments(const TransformerImpl& model);
+// Zero every layer's routing statistics.
+void reset_routing_stats(TransformerImpl& model);
+// Auxiliary-loss-free bias update of every layer from the global load [L, E] of the step.
+void apply_bias_update(TransformerImpl& model, const torch::Tensor& global_load_LE, double gamma);
+// The routers' balancing biases [L, E] (selection only).
+torch::Tensor balance_biases(const TransformerImpl& model);
+// Keep (or stop keeping) each layer's last assignments; routing_assignments() returns them
+// per layer: [T, K] global expert indices, -1 where capacity dropped the assignment.
+void keep_routing_assignments(TransformerImpl& model, bool keep);
+std::vector<torch::Tensor> routing_assignments(const TransformerImpl& model);
 
 }  // namespace condensa::model

@@ -7,36 +7,42 @@
 namespace condensa::parallel {
 namespace {
 
+// What one all-to-all needs again in backward: the group and the row counts. Saved in the
+// autograd context as a capsule, so the communicator travels as an object, not an integer.
+struct AllToAllPlan : torch::CustomClassHolder {
+  AllToAllPlan(Communicator& c, std::vector<int64_t> send, std::vector<int64_t> recv)
+      : comm(c), send_rows(std::move(send)), recv_rows(std::move(recv)) {}
+  Communicator& comm;
+  std::vector<int64_t> send_rows, recv_rows;
+};
+
+// x rows sent in blocks of send[j] to rank j; blocks of recv[j] rows received from rank j.
+torch::Tensor exchange(Communicator& comm,
+                       const torch::Tensor& x,
+                       const std::vector<int64_t>& send,
+                       const std::vector<int64_t>& recv) {
+  auto shape = x.sizes().vec();
+  shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t(0));
+  auto out = torch::empty(shape, x.options());
+  auto in = x.contiguous();
+  comm.all_to_all(in, send, out, recv);
+  return out;
+}
+
 class AllToAllFunction : public torch::autograd::Function<AllToAllFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx,
                                const torch::Tensor& x,
-                               int64_t comm_ptr,
-                               std::vector<int64_t> send_rows,
-                               std::vector<int64_t> recv_rows) {
-    ctx->saved_data["comm"] = comm_ptr;
-    ctx->saved_data["send"] = send_rows;
-    ctx->saved_data["recv"] = recv_rows;
-    return exchange(comm_ptr, x, send_rows, recv_rows);
+                               const c10::intrusive_ptr<AllToAllPlan>& plan) {
+    ctx->saved_data["plan"] = c10::IValue::make_capsule(plan);
+    return exchange(plan->comm, x, plan->send_rows, plan->recv_rows);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad) {
-    auto send = ctx->saved_data["send"].toIntVector();
-    auto recv = ctx->saved_data["recv"].toIntVector();
-    auto g = exchange(ctx->saved_data["comm"].toInt(), grad[0], recv, send);
-    return {g, torch::Tensor(), torch::Tensor(), torch::Tensor()};
-  }
-  static torch::Tensor exchange(int64_t comm_ptr,
-                                const torch::Tensor& x,
-                                const std::vector<int64_t>& send,
-                                const std::vector<int64_t>& recv) {
-    auto& comm = *reinterpret_cast<Communicator*>(comm_ptr);
-    auto shape = x.sizes().vec();
-    shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t(0));
-    auto out = torch::empty(shape, x.options());
-    auto in = x.contiguous();
-    comm.all_to_all(in, send, out, recv);
-    return out;
+    auto plan =
+        c10::static_intrusive_pointer_cast<AllToAllPlan>(ctx->saved_data["plan"].toCapsule());
+    auto g = exchange(plan->comm, grad[0], plan->recv_rows, plan->send_rows);
+    return {g, torch::Tensor()};
   }
 };
 
@@ -53,26 +59,56 @@ torch::Tensor all_to_all_autograd(Communicator& comm,
                                   const torch::Tensor& x,
                                   const std::vector<int64_t>& send_rows,
                                   const std::vector<int64_t>& recv_rows) {
-  return AllToAllFunction::apply(x, reinterpret_cast<int64_t>(&comm), send_rows, recv_rows);
+  return AllToAllFunction::apply(x, c10::make_intrusive<AllToAllPlan>(comm, send_rows, recv_rows));
 }
 
-AllToAllDispatcher::AllToAllDispatcher(Communicator& ep_group, int64_t num_experts)
-    : comm_(ep_group), num_experts_(num_experts) {
-  CONDENSA_CHECK(num_experts % comm_.size() == 0, ConfigError, "parallel.expert_parallel (",
-                 comm_.size(), ") must divide model.num_routed_experts (", num_experts, ")");
-  num_local_ = num_experts / comm_.size();
-  first_local_ = comm_.rank() * num_local_;
+ExpertRange expert_range(int64_t num_experts, int64_t ep_size, int64_t ep_rank) {
+  TORCH_CHECK(ep_size > 0 && num_experts % ep_size == 0 && ep_rank >= 0 && ep_rank < ep_size,
+              "expert_range: ep size ", ep_size, " must divide the number of experts ", num_experts,
+              " and ep rank ", ep_rank, " lie in [0, ", ep_size, ")");
+  const int64_t per_rank = num_experts / ep_size;
+  return {ep_rank * per_rank, per_rank};
 }
+
+std::vector<int64_t> expert_node_map(const Mesh& mesh, int64_t num_experts) {
+  std::vector<int64_t> node(num_experts);
+  for (int r = 0; r < mesh.ep_size(); ++r) {
+    const ExpertRange range = expert_range(num_experts, mesh.ep_size(), r);
+    for (int64_t e = range.first; e < range.first + range.count; ++e)
+      node[e] = mesh.node_of_ep_rank(r);
+  }
+  return node;
+}
+
+model::DispatcherFactory apply_expert_parallel(const Mesh& mesh, int64_t num_experts) {
+  if (mesh.ep_size() == 1) {
+    return [num_experts](int64_t) { return std::make_shared<model::LocalDispatcher>(num_experts); };
+  }
+  Communicator* ep = &mesh.ep();  // the mesh's groups outlive the model
+  auto expert_node = expert_node_map(mesh, num_experts);
+  return [ep, num_experts, expert_node](int64_t) {
+    return std::make_shared<AllToAllDispatcher>(*ep, num_experts, expert_node);
+  };
+}
+
+AllToAllDispatcher::AllToAllDispatcher(Communicator& ep_group,
+                                       int64_t num_experts,
+                                       std::vector<int64_t> expert_node)
+    : comm_(ep_group),
+      num_experts_(num_experts),
+      local_(expert_range(num_experts, ep_group.size(), ep_group.rank())),
+      expert_node_(std::move(expert_node)) {}
 
 model::Dispatched AllToAllDispatcher::dispatch(const torch::Tensor& x_TD,
                                                const torch::Tensor& topk_idx_TK,
                                                const torch::Tensor& probs_TK) {
-  const int64_t P = comm_.size(), L = num_local_;
+  const int64_t P = comm_.size(), L = local_.count;
   auto handle = std::make_shared<AllToAllHandle>();
   handle->plan = model::plan_permutation(topk_idx_TK, probs_TK);
   auto x_send = x_TD.index_select(0, handle->plan.token_of_row);  // sorted by global expert
 
-  // Exchange per-expert counts: rank j receives, from every source, counts for its experts.
+  // Exchange per-expert counts: rank j receives, from every source, counts for its experts
+  // (experts are contiguous per rank, see expert_range, so the [P, L] view splits by rank).
   auto counts_E =
       torch::bincount(handle->plan.expert_of_row, {}, num_experts_).to(torch::kInt64).cpu();
   auto counts_in = comm_.to_device(counts_E.view({P, L}));

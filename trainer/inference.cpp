@@ -75,7 +75,7 @@ EvalResult evaluate_tokens(model::TransformerImpl& model,
   CONDENSA_CHECK(r.tokens > 0, DataError, "no tokens to evaluate (need at least 2)");
   r.loss = sum / r.tokens;
   r.perplexity = std::exp(r.loss);
-  for (auto& l : model.moe_layers()) l->reset_stats();
+  model::reset_routing_stats(model);
   return r;
 }
 
@@ -118,7 +118,7 @@ std::vector<int64_t> generate(model::TransformerImpl& model,
     out.push_back(next);
     if (next == opt.stop_token) break;
   }
-  for (auto& l : model.moe_layers()) l->reset_stats();
+  model::reset_routing_stats(model);
   return out;
 }
 

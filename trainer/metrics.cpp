@@ -10,6 +10,23 @@
 
 namespace condensa::trainer {
 
+torch::Tensor count_tokens_by_language(const torch::Tensor& topk_idx_TK,
+                                       const torch::Tensor& language_T,
+                                       int64_t num_languages,
+                                       int64_t num_experts) {
+  torch::NoGradGuard no_grad;
+  const int64_t T = topk_idx_TK.size(0), K = topk_idx_TK.size(1);
+  const int64_t L = num_languages, E = num_experts;
+  auto lang = language_T.to(torch::kInt64).reshape({T, 1}).expand({T, K}).reshape({-1});
+  auto expert = topk_idx_TK.reshape({-1});
+  auto counted = (lang >= 0) & (lang < L) & (expert >= 0);
+  // Uncounted assignments go to one extra bin (no masked_select: its size needs a host sync).
+  auto bin = torch::where(counted, lang * E + expert, torch::full_like(expert, L * E));
+  auto counts =
+      torch::zeros({L * E + 1}, expert.options()).scatter_add_(0, bin, counted.to(torch::kInt64));
+  return counts.narrow(0, 0, L * E).view({L, E});
+}
+
 double load_imbalance(const torch::Tensor& load) {
   auto l = load.to(torch::kFloat64);
   double mean = l.mean().item<double>();

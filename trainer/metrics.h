@@ -28,6 +28,14 @@ struct MetricsRecord {
   std::vector<MoELayerRecord> moe;
 };
 
+// Tokens per (language, expert) of one MoE layer's routing, [L, E] int64 on the device of
+// topk_idx_TK (global experts, -1 = dropped, not counted); language_T [T]: the language of
+// each token (ids outside [0, num_languages) are not counted). No host sync.
+torch::Tensor count_tokens_by_language(const torch::Tensor& topk_idx_TK,
+                                       const torch::Tensor& language_T,
+                                       int64_t num_languages,
+                                       int64_t num_experts);
+
 // max / mean of a load vector (1 = perfectly balanced).
 double load_imbalance(const torch::Tensor& load);
 

@@ -6,20 +6,17 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <thread>
 
 #include "common/durable_file.h"
 #include "common/error.h"
 #include "common/matmul_peak.h"
 #include "model/accounting.h"
-#include "model/init.h"
-#include "model/moe/balance.h"
-#include "model/param_names.h"
-#include "parallel/expert_parallel.h"
+#include "model/transformer.h"
 #include "trainer/checkpoint/directory.h"
 #include "trainer/checkpoint/state.h"
 #include "trainer/metrics.h"
 #include "trainer/optim/lr_schedule.h"
+#include "trainer/parallelize.h"
 
 namespace fs = std::filesystem;
 
@@ -76,64 +73,31 @@ class AutocastGuard {
 Trainer::Trainer(const Config& cfg,
                  parallel::Communicator& world,
                  const std::atomic<bool>* stop_flag)
-    : cfg_(cfg),
-      world_(world),
-      mesh_(parallel::Mesh::create(world, mesh_options(cfg))),
-      stop_flag_(stop_flag) {
+    : cfg_(cfg), world_(world), mesh_(build_mesh(cfg, world)), stop_flag_(stop_flag) {
   device_ = world.device();
   parallel::check_same_config(world, config_to_yaml(cfg_));
+  // The construction steps of trainer/parallelize.h, in their order.
+  set_threads_per_rank(cfg_, mesh_);
+  model_ = build_model(cfg_, mesh_, device_);
+  optim_ = std::make_unique<Optimizer>(optimizer_groups(*model_, mesh_), cfg_.optim,
+                                       static_cast<int>(cfg_.parallel.zero_stage));
 
-  // Threads: the node's cores shared by the ranks on it.
-  int64_t threads = cfg_.run.threads;
-  if (threads == 0) {
-    int ranks_here = 0;
-    for (int n : mesh_.node_of_world_rank()) ranks_here += (n == mesh_.node());
-    threads = std::max<int64_t>(1, std::thread::hardware_concurrency() / std::max(1, ranks_here));
-  }
-  at::set_num_threads(static_cast<int>(threads));
-
-  // 1. Expert parallelism: each MoE layer gets a dispatcher over the ep group.
   const auto& m = cfg_.model;
-  model::DispatcherFactory make_dispatcher;
-  if (mesh_.ep_size() > 1) {
-    parallel::Communicator* ep = &mesh_.ep();
-    const int64_t E = m.num_routed_experts;
-    make_dispatcher = [ep, E](int64_t) {
-      return std::make_shared<parallel::AllToAllDispatcher>(*ep, E);
-    };
-  }
-  model_ = model::Transformer(m, make_dispatcher);
-  // 2. Node-limited routing needs the node of every expert (experts are contiguous per ep rank).
-  if (m.max_nodes_per_token > 0) {
-    std::vector<int64_t> expert_node(m.num_routed_experts);
-    const int64_t per_rank = m.num_routed_experts / mesh_.ep_size();
-    for (int64_t e = 0; e < m.num_routed_experts; ++e)
-      expert_node[e] = mesh_.node_of_ep_rank(static_cast<int>(e / per_rank));
-    for (auto& layer : model_->moe_layers()) layer->gate->routing.expert_node = expert_node;
-  }
-  // 3. Initialisation keyed by global names: identical for every layout.
-  model::init_parameters(*model_, static_cast<uint64_t>(cfg_.run.seed));
-  model_->to(device_);
-
-  // 4. Optimizer groups.
-  ParamGroupSpec dense{"dense", {}, &mesh_.dp(), nullptr, 1.0 / mesh_.dp_size()};
-  ParamGroupSpec expert{"expert", {}, &mesh_.edp(), &mesh_.ep(), 1.0 / mesh_.dp_size()};
-  for (auto& item : model_->named_parameters()) {
-    (model::is_expert_param(item.key()) ? expert : dense)
-        .params.push_back({item.key(), item.value()});
-  }
-  std::vector<ParamGroupSpec> groups{dense};
-  if (!expert.params.empty()) groups.push_back(expert);
-  optim_ =
-      std::make_unique<Optimizer>(groups, cfg_.optim, static_cast<int>(cfg_.parallel.zero_stage));
-
   data_ = data::make_data_source(sampler_options(cfg_));
   CONDENSA_CHECK(data_->vocab_size() <= m.vocab_size, ConfigError, "model.vocab_size (",
                  m.vocab_size, ") is smaller than the vocabulary of the data (",
                  data_->vocab_size(), ", tokenizer '", data_->tokenizer_name(), "')");
+  // Routing reports per language: the trainer bins each layer's assignments by the batch's
+  // language ids (the model knows nothing of languages).
+  model::keep_routing_assignments(*model_, !data_->language_names().empty());
   flops_per_token_ = model::training_flops_per_token(m, cfg_.train.seq_len);
   peak_flops_ = measure_matmul_flops(
       cfg_.train.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32, 512, 0.2);
+}
+
+void Trainer::reset_routing_stats(bool log_interval) {
+  model::reset_routing_stats(*model_);  // the per-step expert load
+  if (log_interval) language_counts_.clear();
 }
 
 bool Trainer::stop_requested() {
@@ -162,7 +126,6 @@ Trainer::StepStats Trainer::forward_backward(int64_t step) {
     auto tokens = batch.tokens.to(device_);
     const int64_t S = tokens.size(1) - 1;
     auto inputs = tokens.narrow(1, 0, S), targets = tokens.narrow(1, 1, S);
-    model_->set_token_languages(batch.language.narrow(1, 0, S));
     model::ModelOutput out;
     torch::Tensor loss, ce, mtp;
     {
@@ -179,36 +142,44 @@ Trainer::StepStats Trainer::forward_backward(int64_t step) {
       if (depth > 0) mtp = mtp * (mtp_weight / depth);
       loss = ce + mtp + out.aux_loss;
     }
+    count_routing_by_language(batch.language.narrow(1, 0, S));
     (loss / num_micro).backward();
     st.loss += ce.item<double>() / num_micro;
     st.mtp_loss += mtp.item<double>() / num_micro;
     st.aux_loss += out.aux_loss.item<double>() / num_micro;
   }
-  model_->set_token_languages(torch::Tensor());
   return st;
+}
+
+void Trainer::count_routing_by_language(const torch::Tensor& language_BS) {
+  const auto num_languages = static_cast<int64_t>(data_->language_names().size());
+  if (num_languages == 0) return;
+  auto assignments = model::routing_assignments(*model_);
+  language_counts_.resize(assignments.size());
+  for (size_t i = 0; i < assignments.size(); ++i) {
+    const auto& idx_TK = assignments[i];
+    // MTP blocks route shorter, shifted windows: only layers that saw the batch's tokens count.
+    if (!idx_TK.defined() || idx_TK.size(0) != language_BS.numel()) continue;
+    auto counts_LE = count_tokens_by_language(idx_TK, language_BS.reshape({-1}).to(idx_TK.device()),
+                                              num_languages, cfg_.model.num_routed_experts);
+    auto& acc = language_counts_[i];
+    acc = acc.defined() ? acc + counts_LE : counts_LE;
+  }
 }
 
 void Trainer::update_router_bias(int64_t step, std::vector<torch::Tensor>& loads) {
   // Global expert load of this step: every data-parallel rank routed its own tokens.
   torch::NoGradGuard no_grad;
   loads.clear();
-  auto layers = model_->moe_layers();
-  if (layers.empty()) return;
-  std::vector<torch::Tensor> local;
-  for (auto& l : layers) local.push_back(l->stats.tokens_per_expert_E.to(torch::kFloat64));
-  auto all = world_.to_device(torch::stack(local));
+  if (model_->moe_layers().empty()) return;
+  auto all = world_.to_device(model::expert_load(*model_).to(torch::kFloat64));
   mesh_.dp().all_reduce(all, parallel::ReduceOp::kSum);
   all = world_.to_cpu(all);
   const auto& m = cfg_.model;
   const bool update = m.router_bias && m.bias_update_rate > 0 &&
                       (m.bias_update_until_step < 0 || step <= m.bias_update_until_step);
-  for (size_t i = 0; i < layers.size(); ++i) {
-    auto load = all[i];
-    loads.push_back(load);
-    if (update)
-      model::update_balance_bias(layers[i]->gate->e_score_correction_bias, load,
-                                 m.bias_update_rate);
-  }
+  if (update) model::apply_bias_update(*model_, all, m.bias_update_rate);
+  for (int64_t i = 0; i < all.size(0); ++i) loads.push_back(all[i]);
 }
 
 double Trainer::validation_loss() {
@@ -228,7 +199,7 @@ double Trainer::validation_loss() {
       ++count;
     }
   }
-  for (auto& l : model_->moe_layers()) l->reset_stats();
+  reset_routing_stats(/*log_interval=*/true);
   auto t = world_.to_device(torch::tensor({sum / count}, torch::kFloat64));
   mesh_.dp().all_reduce(t, parallel::ReduceOp::kSum);
   return world_.to_cpu(t).item<double>() / dp;
@@ -312,20 +283,18 @@ void Trainer::log_step(int64_t step,
   rec.mfu = flops_per_token_ * rec.tokens_per_s / (peak_flops_ * world_.size());
   const double avg_step = timed_steps_ > 0 ? train_seconds_ / timed_steps_ : step_s;
   rec.eta_s = avg_step * static_cast<double>(cfg_.train.steps - step);
-  auto layers = model_->moe_layers();
+  auto biases = model::balance_biases(*model_).cpu();
+  const int64_t num_languages = static_cast<int64_t>(data_->language_names().size());
   for (size_t i = 0; i < loads.size(); ++i) {
     MoELayerRecord l;
     l.tokens_per_expert = loads[i];
-    l.bias = layers[i]->gate->e_score_correction_bias.cpu();
+    l.bias = biases[i];
     // Tokens per (language, expert) over the log interval, summed over data parallel.
-    const int64_t num_languages = static_cast<int64_t>(data_->language_names().size());
     if (num_languages > 0) {
-      auto global = torch::zeros({num_languages, cfg_.model.num_routed_experts}, torch::kInt64);
-      const auto& local = layers[i]->stats.tokens_per_expert_language_LE;
-      if (local.defined()) {
-        const int64_t n = std::min(num_languages, local.size(0));
-        global.narrow(0, 0, n).copy_(local.narrow(0, 0, n));
-      }
+      auto global =
+          i < language_counts_.size() && language_counts_[i].defined()
+              ? language_counts_[i]
+              : torch::zeros({num_languages, cfg_.model.num_routed_experts}, torch::kInt64);
       global = world_.to_device(global);
       mesh_.dp().all_reduce(global, parallel::ReduceOp::kSum);
       l.languages = world_.to_cpu(global);
@@ -358,7 +327,7 @@ TrainSummary Trainer::run() {
     std::fflush(stdout);
   }
   summary.first_step = start + 1;
-  for (auto& l : model_->moe_layers()) l->reset_stats();
+  reset_routing_stats(/*log_interval=*/true);
   std::vector<torch::Tensor> loads;
   for (int64_t step = start + 1; step <= cfg_.train.steps; ++step) {
     auto t0 = std::chrono::steady_clock::now();
@@ -386,12 +355,7 @@ TrainSummary Trainer::run() {
 
     if (step % cfg_.log.every == 0 || step == cfg_.train.steps)
       log_step(step, st, lr, grad_norm, step_s, loads);
-    for (auto& l : model_->moe_layers()) {
-      if (step % cfg_.log.every == 0)
-        l->reset_stats();
-      else
-        l->stats.tokens_per_expert_E.zero_();
-    }
+    reset_routing_stats(/*log_interval=*/step % cfg_.log.every == 0);
     if (cfg_.train.eval_every > 0 && step % cfg_.train.eval_every == 0 &&
         step != cfg_.train.steps) {
       const double val = validation_loss();

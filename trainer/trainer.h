@@ -1,10 +1,10 @@
 // The training loop: data -> forward/backward over micro-batches -> gradient reduction ->
 // clip -> AdamW -> router bias update -> metrics -> checkpoint.
 //
-// Parallelism is applied to the model by explicit steps in `Trainer::Trainer`, in this
-// order: mesh (pp x dp, ep inside dp) -> expert-parallel dispatchers (the model only ever
-// talks to a TokenDispatcher) -> layout-independent init -> optimizer groups (dense over dp,
-// experts over the expert-data-parallel replicas, ZeRO-1 optional) -> resume. Every rank
+// Parallelism is applied to the model by the ordered construction steps of
+// trainer/parallelize.h (mesh -> threads -> model with expert parallelism, init -> optimizer
+// groups), then resume. The trainer reads routing statistics and updates the balancing bias
+// through the model's API (model/transformer.h), never through router internals. Every rank
 // runs the same sequence of collectives each step.
 #pragma once
 
@@ -44,6 +44,10 @@ class Trainer {
   };
   StepStats forward_backward(int64_t step);
   void update_router_bias(int64_t step, std::vector<torch::Tensor>& global_loads);
+  // Bins the last forward's routing by the micro-batch's language ids [B, S].
+  void count_routing_by_language(const torch::Tensor& language_BS);
+  // Every step: the expert load; at the end of a log interval: the per-language counts too.
+  void reset_routing_stats(bool log_interval);
   double validation_loss();
   std::string save(int64_t step);
   int64_t resume();
@@ -70,6 +74,7 @@ class Trainer {
   double train_seconds_ = 0;
   int64_t timed_steps_ = 0;
   std::string last_checkpoint_;
+  std::vector<torch::Tensor> language_counts_;  // per MoE layer [languages, E], log interval
 };
 
 }  // namespace condensa::trainer

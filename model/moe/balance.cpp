@@ -1,3 +1,4 @@
+// Balance losses, the bias update and the routing statistics (see balance.h).
 #include "model/moe/balance.h"
 
 namespace condensa::model {
@@ -25,6 +26,25 @@ void update_balance_bias(torch::Tensor& bias_E, const torch::Tensor& load_E, dou
 
 torch::Tensor router_z_loss(const torch::Tensor& logits_TE) {
   return torch::logsumexp(logits_TE, -1).pow(2).mean();
+}
+
+void RoutingStats::reset(int64_t num_experts, torch::Device device) {
+  const auto options = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  tokens_per_expert_E = torch::zeros({num_experts}, options);
+  dropped = torch::zeros({}, options);
+  last_topk_idx_TK = torch::Tensor();
+}
+
+void RoutingStats::add(const torch::Tensor& counts_E, const torch::Tensor& topk_idx_TK) {
+  torch::NoGradGuard no_grad;
+  const auto device = counts_E.device();
+  if (tokens_per_expert_E.device() != device) {
+    tokens_per_expert_E = tokens_per_expert_E.to(device);
+    dropped = dropped.to(device);
+  }
+  tokens_per_expert_E.add_(counts_E);
+  dropped.add_((topk_idx_TK < 0).sum());
+  last_topk_idx_TK = keep_assignments ? topk_idx_TK : torch::Tensor();
 }
 
 }  // namespace condensa::model

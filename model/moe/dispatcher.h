@@ -12,7 +12,9 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
+#include <vector>
 
 namespace condensa::model {
 
@@ -32,6 +34,8 @@ class TokenDispatcher {
   // Experts this rank computes: global indices [first_local_expert, +num_local_experts).
   virtual int64_t num_local_experts() const = 0;
   virtual int64_t first_local_expert() const = 0;
+  // Node of every global expert, for node-limited routing (empty: all experts on one node).
+  virtual std::vector<int64_t> node_of_expert() const { return {}; }
   // topk_idx [T, K] holds global expert indices, -1 for a dropped assignment.
   virtual Dispatched dispatch(const torch::Tensor& x_TD,
                               const torch::Tensor& topk_idx_TK,
@@ -39,6 +43,9 @@ class TokenDispatcher {
   // y_ND rows in the order dispatch produced -> [T, D] = sum_k probs * expert output.
   virtual torch::Tensor combine(const torch::Tensor& y_ND, const DispatchHandle& handle) = 0;
 };
+
+// The dispatcher of MoE layer `layer` (a model is built with one factory).
+using DispatcherFactory = std::function<std::shared_ptr<TokenDispatcher>(int64_t layer)>;
 
 // Single-process dispatcher: every expert is local.
 class LocalDispatcher : public TokenDispatcher {

@@ -15,49 +15,16 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& c, std::shared_ptr<TokenDispatcher
     shared_experts = register_module(
         "shared_experts", MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.num_shared_experts));
   }
+  gate->routing.expert_node = dispatcher->node_of_expert();
   recompute_experts = cfg.recompute == "full";
-  reset_stats();
-}
-
-void MoELayerImpl::reset_stats() {
-  stats.tokens_per_expert_E = torch::zeros({cfg.num_routed_experts}, torch::kInt64);
-  stats.tokens_per_expert_language_LE = torch::Tensor();
-  stats.dropped = 0;
 }
 
 torch::Tensor MoELayerImpl::forward(const torch::Tensor& x_BSD, torch::Tensor* aux_loss) {
   const int64_t B = x_BSD.size(0), S = x_BSD.size(1), D = x_BSD.size(2);
   auto x_TD = x_BSD.reshape({B * S, D});
 
-  // 1. Route (no communication).
+  // 1. Route (no communication; the router adds to its statistics on the device).
   RouterOutput r = gate(x_TD);
-  {
-    torch::NoGradGuard no_grad;
-    stats.tokens_per_expert_E += r.tokens_per_expert_E.cpu();
-    if (cfg.capacity_factor > 0) stats.dropped += (r.topk_idx_TK < 0).sum().item<int64_t>();
-    if (token_language_T.defined() && token_language_T.numel() == B * S) {
-      auto lang = token_language_T.to(torch::kInt64)
-                      .reshape({-1, 1})
-                      .expand({B * S, cfg.top_k})
-                      .reshape({-1});
-      auto ex = r.topk_idx_TK.reshape({-1}).cpu();
-      auto ok = (lang >= 0) & (ex >= 0);
-      int64_t L = std::max<int64_t>(1, lang.max().item<int64_t>() + 1);
-      auto flat = (lang.masked_select(ok) * cfg.num_routed_experts + ex.masked_select(ok));
-      auto counts =
-          torch::bincount(flat, {}, L * cfg.num_routed_experts).view({L, cfg.num_routed_experts});
-      auto& acc = stats.tokens_per_expert_language_LE;
-      if (!acc.defined()) {
-        acc = counts;
-      } else if (acc.size(0) < L) {
-        auto grown = torch::zeros({L, cfg.num_routed_experts}, torch::kInt64);
-        grown.narrow(0, 0, acc.size(0)).copy_(acc);
-        acc = grown + counts;
-      } else {
-        acc.narrow(0, 0, L).add_(counts);
-      }
-    }
-  }
   if (aux_loss) {
     torch::Tensor loss = torch::zeros({}, r.scores_TE.options());
     if (cfg.seq_aux_alpha > 0) {

@@ -91,7 +91,10 @@ RouterImpl::RouterImpl(const ModelConfig& c) : cfg(c) {
   routing.route_scale = cfg.route_scale;
   routing.bias_in_use = cfg.router_bias;
   routing.max_nodes = cfg.max_nodes_per_token;
+  reset_stats();
 }
+
+void RouterImpl::reset_stats() { stats.reset(cfg.num_routed_experts, weight.device()); }
 
 RouterOutput RouterImpl::forward(const torch::Tensor& x_TD) {
   RouterOutput out;
@@ -100,9 +103,13 @@ RouterOutput RouterImpl::forward(const torch::Tensor& x_TD) {
       cfg.scoring == "sigmoid" ? torch::sigmoid(out.logits_TE) : torch::softmax(out.logits_TE, -1);
   std::tie(out.topk_idx_TK, out.probs_TK) =
       select_experts(out.scores_TE, e_score_correction_bias, routing);
-  out.tokens_per_expert_E =
-      torch::bincount(out.topk_idx_TK.reshape({-1}), {}, cfg.num_routed_experts);
+  // NOTE: counted with scatter_add, not bincount: bincount reads its input's range on the host
+  // (a device-to-host sync on GPUs). Integer counts, so the result is the same.
+  auto flat_idx = out.topk_idx_TK.reshape({-1});
+  out.tokens_per_expert_E = torch::zeros({cfg.num_routed_experts}, flat_idx.options())
+                                .scatter_add_(0, flat_idx, torch::ones_like(flat_idx));
   apply_capacity(out.topk_idx_TK, out.probs_TK, cfg.num_routed_experts, cfg.capacity_factor);
+  stats.add(out.tokens_per_expert_E, out.topk_idx_TK);
   return out;
 }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model/model_config.h"
+#include "model/moe/balance.h"
 
 namespace condensa::model {
 
@@ -49,14 +50,19 @@ void apply_capacity(torch::Tensor& topk_idx_TK,
                     int64_t num_experts,
                     double capacity_factor);
 
+// Every forward adds its routing to `stats` (on the device, no host sync); read and reset
+// them through the model-level API in transformer.h.
 struct RouterImpl : torch::nn::Module {
   explicit RouterImpl(const ModelConfig& cfg);
   RouterOutput forward(const torch::Tensor& x_TD);
+  // Zero the statistics, on the device of the router's weight.
+  void reset_stats();
 
   ModelConfig cfg;
   RoutingOptions routing;
   torch::Tensor weight;                   // [E, D]  (HF: mlp.gate.weight)
   torch::Tensor e_score_correction_bias;  // [E] buffer (HF name), selection only
+  RoutingStats stats;
 };
 TORCH_MODULE(Router);
 

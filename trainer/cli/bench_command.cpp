@@ -11,6 +11,7 @@
 #include "parallel/mesh.h"
 #include "trainer/cli/commands.h"
 #include "trainer/cli/world.h"
+#include "trainer/parallelize.h"
 
 namespace condensa::trainer {
 
@@ -87,17 +88,14 @@ int bench_moe(const ParsedArgs& a) {
   World world = make_world(cfg.parallel);
   auto& comm = world.comm();
   cfg.validate_for_world(comm.size());
-  parallel::MeshOptions mo;
-  mo.expert_parallel = static_cast<int>(cfg.parallel.expert_parallel);
-  auto mesh = parallel::Mesh::create(comm, mo);
+  // The construction steps training uses (trainer/parallelize.h): the same mesh, threads and
+  // expert parallelism (all-to-all dispatcher with the expert -> node map).
+  auto mesh = build_mesh(cfg, comm);
+  set_threads_per_rank(cfg, mesh);
   const auto& m = cfg.model;
-  std::shared_ptr<model::TokenDispatcher> dispatcher;
-  if (mesh.ep_size() > 1) {
-    dispatcher = std::make_shared<parallel::AllToAllDispatcher>(mesh.ep(), m.num_routed_experts);
-  } else {
-    dispatcher = std::make_shared<model::LocalDispatcher>(m.num_routed_experts);
-  }
-  model::MoELayer layer(m, dispatcher);
+  auto make_dispatcher = parallel::apply_expert_parallel(mesh, m.num_routed_experts);
+  model::MoELayer layer(m, make_dispatcher(m.num_dense_layers));
+  auto& dispatcher = layer->dispatcher;
   {
     torch::NoGradGuard g;
     for (auto& p : layer->parameters()) p.normal_(0, m.init_std);
