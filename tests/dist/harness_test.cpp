@@ -23,7 +23,7 @@ TEST(HarnessTest, FailureOnOneRankFailsTheJob) {
   if (mpi_world().rank() == 0) {
     const ChildResult child = run_child_job({"CONDENSA_DIST_FAIL_ON_RANK=1"},
                                             {"--gtest_filter=HarnessTest.FailsOnTheRequestedRank"},
-                                            /*kill_after_s=*/90);
+                                            /*kill_after_s=*/300);
     SCOPED_TRACE("child job output:\n" + child.output);
     EXPECT_FALSE(child.killed_by_test);
     EXPECT_FALSE(exited_cleanly(child));

@@ -4,6 +4,9 @@
 // own failed assertions, prefixed with the rank), reduces the result over ranks (any rank
 // failing makes every rank exit non-zero) and finalises MPI.
 //
+// The NCCL backend's contract cases are registered only where every rank can run them; when they
+// are not, rank 0 prints "NCCL backend: not run (...)" with their number.
+//
 // With CONDENSA_DIST_MODE=hang it is instead the child job of the watchdog test: rank 0 sleeps
 // instead of joining an all_reduce, and the others' watchdog must abort the job.
 #include <gtest/gtest.h>
@@ -64,6 +67,26 @@ class FailurePrinter : public ::testing::EmptyTestEventListener {
   int rank_;
 };
 
+// One line on stdout when the NCCL backend's contract cases were not registered (no CUDA
+// device on some rank, or a build without CUDA): they did not run and are not counted as passed.
+// Their number is that of the MPI cases of the same suites, which they mirror one for one.
+void report_backends_not_run() {
+  std::string reason;
+  if (condensa::testing::backend_world("nccl", &reason)) return;
+  int cases = 0;
+  const auto& unit = *::testing::UnitTest::GetInstance();
+  for (int i = 0; i < unit.total_test_suite_count(); ++i) {
+    const auto& suite = *unit.GetTestSuite(i);
+    if (std::string(suite.name()).rfind("Backends/", 0) != 0) continue;
+    for (int k = 0; k < suite.total_test_count(); ++k) {
+      const char* param = suite.GetTestInfo(k)->value_param();
+      if (param && std::string(param).find("mpi") != std::string::npos) ++cases;
+    }
+  }
+  std::printf("NCCL backend: not run (%s): %d communicator contract cases not registered\n",
+              reason.c_str(), cases);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -71,10 +94,11 @@ int main(int argc, char** argv) {
   if (mode && std::string(mode) == "hang") return run_hang_mode(argc, argv);
 
   MpiRuntime mpi(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  // A hung test aborts the run instead of hanging CTest.
+  // Before InitGoogleTest: registering the communicator contract asks every rank, collectively,
+  // which backends can run. A hung test aborts the run instead of hanging CTest.
   condensa::testing::set_mpi_world(
       MpiCommunicator::world(env_double("CONDENSA_DIST_TIMEOUT_S", 120.0)));
+  ::testing::InitGoogleTest(&argc, argv);
   const int rank = condensa::testing::mpi_world().rank();
   if (rank != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
@@ -83,6 +107,7 @@ int main(int argc, char** argv) {
   }
 
   const int local = RUN_ALL_TESTS() == 0 ? 0 : 1;
+  if (rank == 0 && !::testing::GTEST_FLAG(list_tests)) report_backends_not_run();
   torch::Tensor failed = torch::full({1}, static_cast<int64_t>(local), torch::kInt64);
   condensa::testing::mpi_world().all_reduce(failed, condensa::parallel::ReduceOp::kMax);
   const int rc = failed.item<int64_t>() == 0 ? 0 : 1;

@@ -6,6 +6,7 @@
 #include <array>
 #include <atomic>
 #include <cstdio>
+#include <fstream>
 #include <random>
 
 namespace condensa::testing {
@@ -26,8 +27,12 @@ TempDir::~TempDir() {
 }
 
 CommandResult run_condensa(const std::string& args) {
+  return run_command(std::string(CONDENSA_BINARY) + " " + args);
+}
+
+CommandResult run_command(const std::string& command_line) {
   CommandResult r;
-  std::string cmd = std::string(CONDENSA_BINARY) + " " + args + " 2>&1";
+  const std::string cmd = command_line + " 2>&1";
   FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) return r;
   std::array<char, 4096> buf;
@@ -40,6 +45,27 @@ CommandResult run_condensa(const std::string& args) {
 
 std::string source_path(const std::string& rel) {
   return std::string(CONDENSA_SOURCE_DIR) + "/" + rel;
+}
+
+std::string tiny_train_args(const std::filesystem::path& run_dir, const std::string& extra) {
+  return "train " + source_path("configs/tiny.yaml") + " --set run.dir=" + run_dir.string() +
+         " --set log.every=1 " + extra;
+}
+
+std::vector<nlohmann::json> read_metrics(const std::filesystem::path& run_dir) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+std::map<int64_t, double> read_losses(const std::filesystem::path& run_dir) {
+  std::map<int64_t, double> out;
+  for (const auto& j : read_metrics(run_dir)) {
+    if (j.contains("loss")) out[j["step"].get<int64_t>()] = j["loss"].get<double>();
+  }
+  return out;
 }
 
 }  // namespace condensa::testing

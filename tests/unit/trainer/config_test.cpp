@@ -264,18 +264,3 @@ TEST(Config, EveryKeyIsDocumented) {
   for (const auto& k : keys)
     EXPECT_NE(doc.find("`" + k + "`"), std::string::npos) << k << " is not in docs/config.md";
 }
-
-TEST(ConfigCli, TrainWithBadConfigExitsTwoAndNamesKey) {
-  condensa::testing::TempDir dir;
-  std::ofstream(dir.path() / "bad.yaml") << "train: {steps: -1}\n";
-  auto r = condensa::testing::run_condensa("train " + (dir.path() / "bad.yaml").string());
-  EXPECT_EQ(r.exit_code, 2) << r.output;
-  EXPECT_NE(r.output.find("train.steps = -1"), std::string::npos) << r.output;
-  auto r2 = condensa::testing::run_condensa(
-      "train " + condensa::testing::source_path("configs/tiny.yaml") + " --set model.top_k=9");
-  EXPECT_EQ(r2.exit_code, 2) << r2.output;
-  EXPECT_NE(r2.output.find("model.top_k = 9"), std::string::npos) << r2.output;
-  auto r3 = condensa::testing::run_condensa("train --help");
-  EXPECT_EQ(r3.exit_code, 0);
-  EXPECT_NE(r3.output.find("usage: condensa train"), std::string::npos);
-}
