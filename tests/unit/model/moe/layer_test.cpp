@@ -1,13 +1,10 @@
-// The MoE layer against an explicit per-token loop, and MLA against an explicit formula.
+// The MoE layer against an explicit per-token loop: dropless, and with capacity dropping.
 #include "model/moe/layer.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
-
-#include "model/init.h"
-#include "model/transformer.h"
 
 using namespace condensa::model;
 
@@ -33,7 +30,7 @@ void randomize(torch::nn::Module& m, uint64_t seed) {
   for (auto& p : m.parameters()) p.normal_(0, 0.5);
 }
 
-// y_t = shared(x_t) + sum_k p_tk * SwiGLU_{e_tk}(x_t), one token at a time.
+// y_t = shared(x_t) + sum_k p_tk * SwiGLU_{e_tk}(x_t), one token at a time; e = -1 is skipped.
 torch::Tensor moe_reference(MoELayerImpl& layer,
                             const torch::Tensor& x_TD,
                             const torch::Tensor& idx,
@@ -45,6 +42,7 @@ torch::Tensor moe_reference(MoELayerImpl& layer,
     auto y = layer.shared_experts(x.unsqueeze(0)).squeeze(0);
     for (int64_t k = 0; k < idx.size(1); ++k) {
       int64_t e = idx[t][k].item<int64_t>();
+      if (e < 0) continue;
       auto h = torch::silu(torch::mv(ex.gate_proj[e], x)) * torch::mv(ex.up_proj[e], x);
       y = y + probs[t][k] * torch::mv(ex.down_proj[e], h);
     }
@@ -205,129 +203,46 @@ TEST(RoutingStatsApi, LoadBiasUpdateAndResetThroughTheModel) {
   EXPECT_FALSE(routing_assignments(*model)[0].defined());
 }
 
-TEST(MLA, MatchesExplicitAttentionFormula) {
-  ModelConfig c;
-  c.hidden_size = 16;
-  c.num_heads = 3;
-  c.q_lora_rank = 6;
-  c.kv_lora_rank = 5;
-  c.qk_nope_head_dim = 4;
-  c.qk_rope_head_dim = 4;
-  c.v_head_dim = 3;
-  c.max_seq_len = 16;
-  MLA mla(c);
-  randomize(*mla, 5);
-  mla->to(torch::kFloat64);
-  auto rope = make_rope_tables(c);
-  const int64_t B = 2, S = 6, H = 3;
-  auto x = torch::randn({B, S, c.hidden_size}, torch::kFloat64);
-  auto y = mla(x, rope);
+TEST(MoELayer, CapacityDropsTheLatestAssignmentsOfEachExpert) {
+  auto cfg = small_moe_config();
+  cfg.capacity_factor = 0.5;
+  MoELayer layer(cfg, std::make_shared<LocalDispatcher>(cfg.num_routed_experts));
+  randomize(*layer, 6);
+  layer->to(torch::kFloat64);
+  layer->gate->e_score_correction_bias.copy_(
+      torch::randn({cfg.num_routed_experts}, torch::kFloat64) * 0.1);
+  auto x = torch::randn({2, 7, cfg.hidden_size}, torch::kFloat64).requires_grad_(true);
+  auto y = layer(x);
 
-  // Explicit: per position, per head, with rope written as 2x2 rotations of interleaved pairs.
-  auto rms = [&](torch::Tensor v, torch::Tensor w) {
-    return v / torch::sqrt(v.pow(2).mean() + c.norm_eps) * w;
-  };
-  auto rotate = [&](torch::Tensor v, int64_t pos) {
-    auto out = v.clone();
-    for (int64_t i = 0; i < v.size(0) / 2; ++i) {
-      double freq = 1.0 / std::pow(c.rope_theta, 2.0 * i / v.size(0));
-      double a = pos * freq;
-      auto x0 = v[2 * i], x1 = v[2 * i + 1];
-      out[2 * i] = x0 * std::cos(a) - x1 * std::sin(a);
-      out[2 * i + 1] = x0 * std::sin(a) + x1 * std::cos(a);
-    }
-    return out;
-  };
-  double scale = 1.0 / std::sqrt(8.0);
-  for (int64_t b = 0; b < B; ++b) {
-    std::vector<torch::Tensor> qs, ks, vs;
-    for (int64_t s = 0; s < S; ++s) {
-      auto xs = x[b][s];
-      auto q = torch::mv(mla->q_b_proj->weight,
-                         rms(torch::mv(mla->q_a_proj->weight, xs), mla->q_a_layernorm->weight));
-      auto kv = torch::mv(mla->kv_a_proj_with_mqa->weight, xs);
-      auto latent = rms(kv.narrow(0, 0, 5), mla->kv_a_layernorm->weight);
-      auto k_rope = rotate(kv.narrow(0, 5, 4), s);
-      auto up = torch::mv(mla->kv_b_proj->weight, latent).view({H, 7});
-      auto qh = q.view({H, 8});
-      std::vector<torch::Tensor> qrow, krow;
-      for (int64_t h = 0; h < H; ++h) {
-        qrow.push_back(torch::cat({qh[h].narrow(0, 0, 4), rotate(qh[h].narrow(0, 4, 4), s)}));
-        krow.push_back(torch::cat({up[h].narrow(0, 0, 4), k_rope}));
+  // Reference: the dropless choice of the same router, then walk the assignments in token
+  // order and keep the first `capacity` of each expert.
+  auto x_TD = x.reshape({-1, cfg.hidden_size});
+  auto r = layer->gate(x_TD);
+  auto [idx, probs] =
+      select_experts(r.scores_TE, layer->gate->e_score_correction_bias, layer->gate->routing);
+  const int64_t T = idx.size(0), K = idx.size(1), E = cfg.num_routed_experts;
+  const auto capacity = static_cast<int64_t>(std::ceil(cfg.capacity_factor * T * K / E));
+  std::vector<int64_t> used(E, 0);
+  auto kept_idx = idx.clone();
+  int64_t dropped = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t e = idx[t][k].item<int64_t>();
+      if (used[e]++ >= capacity) {
+        kept_idx[t][k] = -1;
+        ++dropped;
       }
-      qs.push_back(torch::stack(qrow));
-      ks.push_back(torch::stack(krow));
-      vs.push_back(up.narrow(1, 4, 3));
-    }
-    for (int64_t s = 0; s < S; ++s) {
-      std::vector<torch::Tensor> heads;
-      for (int64_t h = 0; h < H; ++h) {
-        std::vector<double> logits;
-        for (int64_t j = 0; j <= s; ++j)
-          logits.push_back(torch::dot(qs[s][h], ks[j][h]).item<double>() * scale);
-        double mx = *std::max_element(logits.begin(), logits.end()), z = 0;
-        for (double& l : logits) z += (l = std::exp(l - mx));
-        auto o = torch::zeros({3}, torch::kFloat64);
-        for (int64_t j = 0; j <= s; ++j) o = o + logits[j] / z * vs[j][h];
-        heads.push_back(o);
-      }
-      auto ref = torch::mv(mla->o_proj->weight, torch::cat(heads));
-      EXPECT_TRUE(torch::allclose(y[b][s], ref, 1e-9, 1e-11)) << "b " << b << " s " << s;
     }
   }
-}
+  ASSERT_GT(dropped, 0) << "capacity " << capacity << " drops nothing: the test would not bite";
+  EXPECT_TRUE(torch::equal(r.topk_idx_TK, kept_idx)) << r.topk_idx_TK << kept_idx;
+  auto y_ref = moe_reference(*layer, x_TD, kept_idx, probs).view_as(y);
+  EXPECT_TRUE(torch::allclose(y, y_ref, 1e-10, 1e-12)) << (y - y_ref).abs().max().item<double>();
 
-TEST(Transformer, GradientMatchesFiniteDifferences) {
-  ModelConfig c;
-  c.vocab_size = 11;
-  c.hidden_size = 8;
-  c.num_layers = 2;
-  c.num_dense_layers = 1;
-  c.intermediate_size = 10;
-  c.num_heads = 2;
-  c.kv_lora_rank = 4;
-  c.qk_nope_head_dim = 2;
-  c.qk_rope_head_dim = 2;
-  c.v_head_dim = 2;
-  c.num_routed_experts = 4;
-  c.top_k = 2;
-  c.moe_intermediate_size = 3;
-  c.max_seq_len = 8;
-  c.mtp_depth = 1;
-  Transformer model(c);
-  init_parameters(*model, 7);
-  randomize(*model, 8);
-  model->to(torch::kFloat64);
-  auto tokens = torch::randint(0, c.vocab_size, {2, 5}, torch::kInt64);
-  auto loss_fn = [&] {
-    ForwardOptions opt;
-    opt.with_mtp = true;
-    auto out = model(tokens, opt);
-    return out.logits_BSV.pow(2).mean() + out.mtp_logits[0].sin().mean();
-  };
-  auto loss = loss_fn();
-  model->zero_grad();
-  loss.backward();
-  // Routing is piecewise constant: small steps keep the same expert choices.
-  const double eps = 1e-6;
-  int checked = 0;
-  for (auto& item : model->named_parameters()) {
-    auto& p = item.value();
-    auto flat = p.data().view(-1);
-    for (int64_t i : {int64_t(0), flat.numel() / 2, flat.numel() - 1}) {
-      torch::NoGradGuard g;
-      double old = flat[i].item<double>();
-      flat[i] = old + eps;
-      double up = loss_fn().item<double>();
-      flat[i] = old - eps;
-      double down = loss_fn().item<double>();
-      flat[i] = old;
-      double numeric = (up - down) / (2 * eps);
-      double analytic = p.grad().view(-1)[i].item<double>();
-      EXPECT_NEAR(analytic, numeric, 1e-6 + 1e-4 * std::abs(numeric))
-          << item.key() << "[" << i << "]";
-      ++checked;
-    }
+  auto w = torch::randn_like(y);
+  auto grads = torch::autograd::grad({(y * w).sum()}, {x, layer->experts->down_proj});
+  auto grads_ref = torch::autograd::grad({(y_ref * w).sum()}, {x, layer->experts->down_proj});
+  for (size_t i = 0; i < grads.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(grads[i], grads_ref[i], 1e-9, 1e-11)) << "gradient " << i;
   }
-  EXPECT_GT(checked, 60);
 }

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "model/moe/balance.h"
 
 using namespace condensa::model;
@@ -55,51 +57,106 @@ TEST(Router, BiasChangesSelectionButNotWeights) {
   EXPECT_NEAR(probs[0][1].item<double>(), 0.3 / 1.2, 1e-12);
 }
 
-TEST(Router, GroupLimitedWithBiasUsesTopTwoSum) {
-  // 4 groups of 2. Group sums of top-2: g0 = 0.1+0.1, g1 = 0.6+0.0, g2 = 0.35+0.35, g3 = 0.2+0.2.
-  // Max-score would pick g1 first; top-2 sum picks g2 (0.7) and g1 (0.6).
-  auto scores = t2({{0.1, 0.1, 0.6, 0.0, 0.35, 0.35, 0.2, 0.2}});
+TEST(Router, GroupLimitedWithBiasRanksGroupsByTopTwoBiasedSum) {
+  // 4 groups of 2 experts, top-2 experts from the best 2 groups. Biased scores (s + b):
+  //   g0 {.70, .00}  g1 {.45, .40}  g2 {.50, .30}  g3 {.10, .05}
+  // The bias pulls g3 down from unbiased {.90, .85}. Each wrong rule picks other groups:
+  //   top-2 biased sum (DeepSeek-V3): g1 .85, g2 .80       -> experts 4 (.50), 2 (.45)
+  //   top-1 biased score:             g0 .70, g2 .50       -> experts 0, 4
+  //   top-2 unbiased sum:             g3 1.75, g1 .85      -> experts 2, 3
+  //   top-1 unbiased score:           g3 .90, g0 .70       -> experts 0, 6
+  auto scores = t2({{0.70, 0.00, 0.45, 0.40, 0.50, 0.30, 0.90, 0.85}});
+  auto bias = torch::tensor({0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -0.8, -0.8}, torch::kFloat64);
   RoutingOptions opt;
-  opt.top_k = 3;
+  opt.top_k = 2;
   opt.num_groups = 4;
   opt.topk_groups = 2;
   opt.bias_in_use = true;
-  auto bias = torch::zeros({8}, torch::kFloat64);
   auto [idx, probs] = select_experts(scores, bias, opt);
-  EXPECT_EQ(sorted_row(idx, 0), (std::vector<int64_t>{2, 4, 5}));
-  // Without bias the group score is the max: g1 (0.6) and g2 (0.35).
-  opt.bias_in_use = false;
-  auto [idx2, probs2] = select_experts(scores, torch::Tensor(), opt);
-  EXPECT_EQ(sorted_row(idx2, 0), (std::vector<int64_t>{2, 4, 5}));
-  // A table where the two rules disagree: g1 = {0.6, 0.0}, g2 = {0.5, 0.45}, g0 = {0.55, 0.0}.
-  auto s3 = t2({{0.55, 0.0, 0.6, 0.0, 0.5, 0.45, 0.0, 0.0}});
-  opt.top_k = 2;
-  opt.bias_in_use = true;
-  auto [a, pa] = select_experts(s3, bias, opt);  // sums: g0 .55 g1 .6 g2 .95 -> g2, g1
-  EXPECT_EQ(sorted_row(a, 0), (std::vector<int64_t>{2, 4}));
-  opt.bias_in_use = false;
-  auto [b, pb] = select_experts(s3, torch::Tensor(), opt);  // max: g1 .6, g0 .55 -> experts 2, 0
-  EXPECT_EQ(sorted_row(b, 0), (std::vector<int64_t>{0, 2}));
+  EXPECT_EQ(sorted_row(idx, 0), (std::vector<int64_t>{2, 4}));
+  // Gate weights: unbiased scores of the chosen experts, in selection order (4 first).
+  EXPECT_NEAR(probs[0][0].item<double>(), 0.50 / 0.95, 1e-6);
+  EXPECT_NEAR(probs[0][1].item<double>(), 0.45 / 0.95, 1e-6);
 }
 
-TEST(Router, NodeLimitedRoutingKeepsAtMostMNodes) {
-  // 8 experts on 4 nodes (2 each); top-4 over at most 2 nodes, node score = sum of top 2.
-  auto scores = t2({{0.9, 0.0, 0.8, 0.0, 0.5, 0.5, 0.45, 0.45}});
+TEST(Router, GroupLimitedWithoutBiasRanksGroupsByMaxScore) {
+  // No bias (DeepSeek-V3 inference code: group score = max). g0 {.55, 0}, g1 {.6, 0},
+  // g2 {.5, .45}: max picks g1, g0 -> experts 2, 0; a top-2 sum would pick g2, g1 -> 2, 4.
+  auto scores = t2({{0.55, 0.0, 0.6, 0.0, 0.5, 0.45, 0.0, 0.0}});
+  RoutingOptions opt;
+  opt.top_k = 2;
+  opt.num_groups = 4;
+  opt.topk_groups = 2;
+  auto [idx, probs] = select_experts(scores, torch::Tensor(), opt);
+  EXPECT_EQ(sorted_row(idx, 0), (std::vector<int64_t>{0, 2}));
+}
+
+TEST(Router, NodeLimitedRanksNodesBySumOfTopKOverMBiasedScores) {
+  // 12 experts on 3 nodes of 4; top-4 on at most M = 2 nodes, so a node's score is the sum of
+  // its top 4/2 = 2 biased scores. Biased scores (s + b):
+  //   A {.90, .05, .04, .03}  B {.60, .58, .02, .01}  C {.62, .30, .29, .28}
+  // The bias pulls C down from unbiased {.92, .60, .59, .58}. Each wrong rule picks other nodes:
+  //   top-2 biased sum:   A .95, B 1.18, C .92 -> A, B -> experts 0, 4, 5, 1
+  //   top-4 (= top_k):    A 1.02, B 1.21, C 1.49 -> B, C -> experts 8, 4, 5, 9
+  //   top-1 biased score: A .90, B .60, C .62 -> A, C -> experts 0, 8, 9, 10
+  //   top-2 unbiased sum: A .95, B 1.18, C 1.52 -> B, C -> experts 4, 5, 8, 9
+  auto scores = t2({{0.90, 0.05, 0.04, 0.03, 0.60, 0.58, 0.02, 0.01, 0.92, 0.60, 0.59, 0.58}});
+  auto bias = torch::zeros({12}, torch::kFloat64);
+  bias.narrow(0, 8, 4).fill_(-0.3);
   RoutingOptions opt;
   opt.top_k = 4;
-  opt.expert_node = {0, 0, 1, 1, 2, 2, 3, 3};
+  opt.bias_in_use = true;
+  opt.expert_node = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2};
   opt.max_nodes = 2;
-  auto [idx, probs] = select_experts(scores, torch::Tensor(), opt);
-  // Node scores: n0 .9, n1 .8, n2 1.0, n3 .9 -> n2 and one of n0/n3 (tie .9; topk picks first).
-  auto chosen = sorted_row(idx, 0);
-  std::set<int64_t> nodes;
-  for (auto e : chosen) nodes.insert(opt.expert_node[e]);
-  EXPECT_LE(nodes.size(), 2u);
-  EXPECT_TRUE(nodes.count(2));
-  // Unlimited would take 0 (.9), 2 (.8), 4, 5 (.5): three nodes.
+  auto [idx, probs] = select_experts(scores, bias, opt);
+  EXPECT_EQ(sorted_row(idx, 0), (std::vector<int64_t>{0, 1, 4, 5}));
+  // Gate weights: the unbiased scores .90, .60, .58, .05 (selection order), normalised.
+  const double sum = 0.90 + 0.60 + 0.58 + 0.05;
+  EXPECT_NEAR(probs[0][0].item<double>(), 0.90 / sum, 1e-6);
+  EXPECT_NEAR(probs[0][3].item<double>(), 0.05 / sum, 1e-6);
+  // Without the limit the same biased scores take experts on all three nodes.
   opt.max_nodes = 0;
-  auto [idx2, p2] = select_experts(scores, torch::Tensor(), opt);
-  EXPECT_EQ(sorted_row(idx2, 0), (std::vector<int64_t>{0, 2, 4, 5}));
+  auto [idx2, p2] = select_experts(scores, bias, opt);
+  EXPECT_EQ(sorted_row(idx2, 0), (std::vector<int64_t>{0, 4, 5, 8}));
+}
+
+TEST(Router, NodeLimitedKeepsAtMostMNodesOnRandomScores) {
+  // Random biased tables, 16 experts on 4 nodes, top-4 on at most 2 nodes: against a plain
+  // per-token reference (node score = sum of its 2 best biased scores, best 2 nodes, then
+  // the best 4 experts inside them).
+  torch::manual_seed(17);
+  const int64_t T = 50, E = 16, K = 4, M = 2, per_node = 4;
+  auto scores = torch::rand({T, E}, torch::kFloat64);
+  auto bias = torch::randn({E}, torch::kFloat64) * 0.2;
+  RoutingOptions opt;
+  opt.top_k = K;
+  opt.bias_in_use = true;
+  opt.max_nodes = M;
+  for (int64_t e = 0; e < E; ++e) opt.expert_node.push_back(e / per_node);
+  auto [idx, probs] = select_experts(scores, bias, opt);
+  // The router selects in fp32.
+  auto biased = (scores.to(torch::kFloat32) + bias.to(torch::kFloat32)).to(torch::kFloat64);
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<double> b(E);
+    for (int64_t e = 0; e < E; ++e) b[e] = biased[t][e].item<double>();
+    std::vector<std::pair<double, int64_t>> node_score;
+    for (int64_t n = 0; n < E / per_node; ++n) {
+      std::vector<double> v(b.begin() + n * per_node, b.begin() + (n + 1) * per_node);
+      std::sort(v.rbegin(), v.rend());
+      node_score.push_back({v[0] + v[1], n});
+    }
+    std::sort(node_score.rbegin(), node_score.rend());
+    std::vector<std::pair<double, int64_t>> candidates;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = e / per_node;
+      if (n == node_score[0].second || n == node_score[1].second) candidates.push_back({b[e], e});
+    }
+    std::sort(candidates.rbegin(), candidates.rend());
+    std::vector<int64_t> expected;
+    for (int64_t k = 0; k < K; ++k) expected.push_back(candidates[k].second);
+    std::sort(expected.begin(), expected.end());
+    EXPECT_EQ(sorted_row(idx, t), expected) << "token " << t;
+  }
 }
 
 TEST(Router, CapacityDropsLatestAssignments) {
