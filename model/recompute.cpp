@@ -1,11 +1,16 @@
 #include "model/recompute.h"
 
+#include "model/autocast.h"
+
 namespace condensa::model {
 namespace {
 
+// The function and the autocast state it ran under: backward re-runs it under the same state
+// (the trainer leaves autocast before calling backward).
 struct FnHolder : torch::CustomClassHolder {
-  explicit FnHolder(TensorFn f) : fn(std::move(f)) {}
+  explicit FnHolder(TensorFn f) : fn(std::move(f)), autocast(AutocastState::current()) {}
   TensorFn fn;
+  AutocastState autocast;
 };
 
 class RecomputeFunction : public torch::autograd::Function<RecomputeFunction> {
@@ -26,6 +31,7 @@ class RecomputeFunction : public torch::autograd::Function<RecomputeFunction> {
     torch::Tensor y;
     {
       torch::AutoGradMode enable(true);
+      AutocastScope autocast(holder->autocast);
       y = holder->fn(x);
     }
     torch::autograd::backward({y}, {grad_out[0]});

@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "model/init.h"
+#include "model/param_names.h"
 #include "parallel/expert_parallel.h"
 
 namespace condensa::trainer {
@@ -12,7 +13,7 @@ parallel::Mesh build_mesh(const Config& cfg, parallel::Communicator& world) {
   parallel::MeshOptions o;
   o.pipeline_parallel = static_cast<int>(cfg.parallel.pipeline_parallel);
   o.expert_parallel = static_cast<int>(cfg.parallel.expert_parallel);
-  o.ranks_per_node_override = static_cast<int>(cfg.parallel.ranks_per_node);
+  o.ranks_per_node = static_cast<int>(cfg.parallel.ranks_per_node);
   return parallel::Mesh::create(world, o);
 }
 

@@ -1,7 +1,5 @@
 #include "trainer/trainer.h"
 
-#include <ATen/autocast_mode.h>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -11,6 +9,7 @@
 #include "common/error.h"
 #include "common/matmul_peak.h"
 #include "model/accounting.h"
+#include "model/autocast.h"
 #include "model/transformer.h"
 #include "trainer/checkpoint/directory.h"
 #include "trainer/checkpoint/state.h"
@@ -40,33 +39,21 @@ torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& ta
                                               targets.reshape({-1}));
 }
 
-// RAII: lower-precision autocast for the compute dtype (bf16), a no-op for fp32.
-class AutocastGuard {
- public:
-  AutocastGuard(const std::string& dtype, torch::Device device) : enabled_(dtype == "bf16") {
-    if (!enabled_) return;
-    cuda_ = device.is_cuda();
-    if (cuda_) {
-      at::autocast::set_enabled(true);
-      at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+// The autocast state of the compute dtype: bf16 autocast on the model's device for "bf16",
+// nothing for "fp32".
+model::AutocastState compute_autocast(const std::string& dtype, torch::Device device) {
+  auto s = model::AutocastState::current();
+  if (dtype == "bf16") {
+    if (device.is_cuda()) {
+      s.cuda_enabled = true;
+      s.cuda_dtype = at::kBFloat16;
     } else {
-      at::autocast::set_cpu_enabled(true);
-      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+      s.cpu_enabled = true;
+      s.cpu_dtype = at::kBFloat16;
     }
   }
-  ~AutocastGuard() {
-    if (!enabled_) return;
-    if (cuda_) {
-      at::autocast::set_enabled(false);
-    } else {
-      at::autocast::set_cpu_enabled(false);
-    }
-    at::autocast::clear_cache();
-  }
-
- private:
-  bool enabled_, cuda_ = false;
-};
+  return s;
+}
 
 }  // namespace
 
@@ -129,7 +116,7 @@ Trainer::StepStats Trainer::forward_backward(int64_t step) {
     model::ModelOutput out;
     torch::Tensor loss, ce, mtp;
     {
-      AutocastGuard autocast(cfg_.train.dtype, device_);
+      model::AutocastScope autocast(compute_autocast(cfg_.train.dtype, device_));
       model::ForwardOptions fo;
       fo.with_mtp = depth > 0;
       out = model_->forward(inputs, fo);

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstring>
 
+#include "model/autocast.h"
 #include "model/init.h"
 #include "model/transformer.h"
 
@@ -92,14 +93,16 @@ torch::Tensor loss_of(TransformerImpl& m, const torch::Tensor& tokens) {
 // The trainer's bf16 mode: fp32 parameters, CPU autocast to bf16 during forward only.
 class CpuBf16Autocast {
  public:
-  CpuBf16Autocast() {
-    at::autocast::set_cpu_enabled(true);
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+  CpuBf16Autocast() : scope_(bf16_cpu()) {}
+
+ private:
+  static condensa::model::AutocastState bf16_cpu() {
+    auto s = condensa::model::AutocastState::current();
+    s.cpu_enabled = true;
+    s.cpu_dtype = at::kBFloat16;
+    return s;
   }
-  ~CpuBf16Autocast() {
-    at::autocast::set_cpu_enabled(false);
-    at::autocast::clear_cache();
-  }
+  condensa::model::AutocastScope scope_;
 };
 
 // Bytes held after a forward whose graph is kept for backward.
@@ -120,12 +123,9 @@ int64_t bytes_held_for_backward(const std::string& recompute) {
 
 class RecomputeBf16 : public ::testing::TestWithParam<std::string> {};
 
-// DISABLED: known defect. The backward re-run of a recomputed function happens outside the
-// forward's autocast scope (the trainer leaves it before backward), so it mixes bf16 saved
-// inputs with fp32 weights and throws "expected scalar type BFloat16 but found Float".
-// torch.utils.checkpoint restores the forward's autocast state for the re-run; model/recompute
-// should do the same. Enable this test with that fix.
-TEST_P(RecomputeBf16, DISABLED_EqualsNoRecomputationWithinBf16Tolerance) {
+// The backward re-run of a recomputed function happens after the trainer has left autocast:
+// it must run under the forward's autocast state, or bf16 saved inputs meet fp32 weights.
+TEST_P(RecomputeBf16, EqualsNoRecomputationWithinBf16Tolerance) {
   Transformer a(config("none", 32)), b(config(GetParam(), 32));
   init_parameters(*a, 3);
   init_parameters(*b, 3);
