@@ -83,6 +83,8 @@ void report_backends_not_run() {
       if (param && std::string(param).find("mpi") != std::string::npos) ++cases;
     }
   }
+  const std::string prefix = "NCCL backend skipped: ";
+  if (reason.rfind(prefix, 0) == 0) reason = reason.substr(prefix.size());
   std::printf("NCCL backend: not run (%s): %d communicator contract cases not registered\n",
               reason.c_str(), cases);
 }
