@@ -70,32 +70,26 @@ torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& ta
                                               targets.reshape({-1}));
 }
 
-// RAII: lower-precision autocast for the compute dtype (bf16), a no-op for fp32.
+// RAII: lower-precision autocast for the compute dtype (bf16), a no-op for fp32. It uses the
+// device-typed API of LibTorch 2.x; the per-backend calls (set_enabled, set_cpu_enabled) are
+// deprecated and warn on every call.
 class AutocastGuard {
  public:
-  AutocastGuard(const std::string& dtype, torch::Device device) : enabled_(dtype == "bf16") {
+  AutocastGuard(const std::string& dtype, torch::Device device)
+      : enabled_(dtype == "bf16"), device_type_(device.type()) {
     if (!enabled_) return;
-    cuda_ = device.is_cuda();
-    if (cuda_) {
-      at::autocast::set_enabled(true);
-      at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-    } else {
-      at::autocast::set_cpu_enabled(true);
-      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    }
+    at::autocast::set_autocast_enabled(device_type_, true);
+    at::autocast::set_autocast_dtype(device_type_, at::kBFloat16);
   }
   ~AutocastGuard() {
     if (!enabled_) return;
-    if (cuda_) {
-      at::autocast::set_enabled(false);
-    } else {
-      at::autocast::set_cpu_enabled(false);
-    }
+    at::autocast::set_autocast_enabled(device_type_, false);
     at::autocast::clear_cache();
   }
 
  private:
-  bool enabled_, cuda_ = false;
+  bool enabled_;
+  at::DeviceType device_type_;
 };
 
 }  // namespace
