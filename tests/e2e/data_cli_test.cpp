@@ -1,6 +1,4 @@
 // Tests for `condensa data` through the built binary.
-#include "data/data_cli.h"
-
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -80,17 +78,12 @@ TEST(DataCli, PrepareThenInspect) {
   EXPECT_TRUE(contains(r.output, "already contains a shard")) << r.output;
 }
 
-// `condensa data <args>` in process; returns the ConfigError message ("" if none was thrown).
+// `condensa data <args>`; returns its output when it exits 2 (a configuration error), else "".
 std::string config_error(const std::vector<std::string>& args) {
-  try {
-    ::testing::internal::CaptureStdout();
-    data_command(args);
-    ::testing::internal::GetCapturedStdout();
-  } catch (const ConfigError& e) {
-    ::testing::internal::GetCapturedStdout();
-    return e.what();
-  }
-  return "";
+  std::string cmd = "data";
+  for (const auto& a : args) cmd += " '" + a + "'";
+  CommandResult r = run_condensa(cmd);
+  return r.exit_code == 2 ? r.output : "";
 }
 
 TEST(DataCli, BadFlagsAndMissingArgumentsNameTheFlag) {
@@ -135,13 +128,13 @@ TEST(DataCli, MissingInputExitsOneNamingPath) {
   EXPECT_TRUE(contains(r.output, "/nonexistent/condensa.txt")) << r.output;
 }
 
-// stdout of an in-process `condensa data <args>` that must return 0.
+// Output of `condensa data <args>`, which must exit 0.
 std::string run_ok(const std::vector<std::string>& args) {
-  ::testing::internal::CaptureStdout();
-  int rc = data_command(args);
-  std::string out = ::testing::internal::GetCapturedStdout();
-  EXPECT_EQ(rc, 0) << out;
-  return out;
+  std::string cmd = "data";
+  for (const auto& a : args) cmd += " '" + a + "'";
+  CommandResult r = run_condensa(cmd);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return r.output;
 }
 
 TEST(DataCli, HelpExitsZero) {

@@ -51,3 +51,5 @@ int import_command(const Args& args) {
   std::printf("imported %s into %s\n", a.get("--hf").c_str(), dir.c_str());
   return 0;
 }
+
+}  // namespace condensa::trainer
