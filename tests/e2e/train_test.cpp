@@ -159,14 +159,24 @@ TEST(TrainEndToEnd, LearnsContextAndKeepsExpertsBalanced) {
   EXPECT_NE(r.output.find("validation loss"), std::string::npos);
 }
 
-// Measured (100 steps on the repository's docs): mean loss of steps 81-100 3.34, against 3.47
-// for the unigram entropy of the corpus, which a model that had not learned this data (e.g. at
-// init, ln 259 = 5.56) cannot beat.
+// A fixed corpus written by the test (so that editing the repository's docs cannot move the
+// numbers): lines of a small, regular English-like grammar. A model that has not learned this
+// data (e.g. at init, ln 259 = 5.56) cannot beat the corpus's unigram entropy; one that learned
+// even the bigram structure beats it by a wide margin. Measured: mean loss of steps 81-100 1.52,
+// unigram entropy 2.92.
 TEST(TrainEndToEnd, TrainsOnPreparedTokenShards) {
   TempDir dir;
   auto shards = dir.path() / "shards";
-  auto p =
-      run_condensa("data prepare --input " + source_path("docs") + " --out " + shards.string());
+  const auto corpus = dir.path() / "corpus.txt";
+  {
+    std::ofstream out(corpus);
+    const char* items[] = {"apple", "pear", "plum", "fig", "lime", "kiwi", "date"};
+    for (int i = 0; i < 3000; ++i) {
+      out << "the " << items[i % 7] << " costs " << (i * 7) % 13 << " coins and weighs "
+          << (i * 5) % 11 << " grams.\n";
+    }
+  }
+  auto p = run_condensa("data prepare --input " + corpus.string() + " --out " + shards.string());
   ASSERT_EQ(p.exit_code, 0) << p.output;
   // The unigram entropy of the corpus, from the shard's own tokens.
   auto shard = condensa::data::TokenShard::open(shards);
@@ -179,7 +189,7 @@ TEST(TrainEndToEnd, TrainsOnPreparedTokenShards) {
     const double q = c / static_cast<double>(tokens.size());
     unigram_entropy -= q * std::log(q);
   }
-  ASSERT_GT(unigram_entropy, 2.5);  // English text bytes
+  ASSERT_GT(unigram_entropy, 2.5);  // the corpus is not trivially predictable
 
   auto r = run_condensa(tiny_train_args(dir.path(),
                                         "--set train.steps=100 --set data.source=tokens "
@@ -189,7 +199,7 @@ TEST(TrainEndToEnd, TrainsOnPreparedTokenShards) {
   const auto losses = read_losses(dir.path());
   ASSERT_EQ(losses.size(), 100u);
   EXPECT_GT(losses.at(1), kUniformLoss - 0.5);
-  EXPECT_LT(mean_loss(losses, 81, 100), unigram_entropy - 0.05)
+  EXPECT_LT(mean_loss(losses, 81, 100), unigram_entropy - 0.5)
       << "unigram entropy of the corpus " << unigram_entropy;
   // A missing shard directory is a clear error naming the path.
   auto bad = run_condensa(

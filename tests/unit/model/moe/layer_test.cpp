@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "model/init.h"
+#include "model/transformer.h"
+
 using namespace condensa::model;
 
 namespace {
