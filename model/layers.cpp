@@ -114,6 +114,27 @@ torch::Tensor causal_attention(const torch::Tensor& q,
   return torch::matmul(attn, vh).transpose(1, 2);  // [B, S, H, Dv]
 }
 
+torch::Tensor fused_causal_attention(const torch::Tensor& q,
+                                     const torch::Tensor& k,
+                                     const torch::Tensor& v,
+                                     double scale) {
+  // [B, H, S, D] views; is_causal masks key j > query i (both from position 0).
+  const int64_t Dqk = q.size(-1), Dv = v.size(-1);
+  auto vh = v.transpose(1, 2);
+  // The CPU flash kernel needs Dv == Dqk (otherwise the unfused math path runs, about 2x
+  // slower): pad v with zero columns and drop those output columns. Exact: the padded columns
+  // are never mixed into the kept ones, and their gradient is discarded. CUDA takes Dv != Dqk
+  // unpadded (memory-efficient and cuDNN kernels).
+  const bool pad = q.device().is_cpu() && Dv < Dqk;
+  if (pad)
+    vh = torch::nn::functional::pad(vh, torch::nn::functional::PadFuncOptions({0, Dqk - Dv}));
+  auto out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), vh,
+                                              /*attn_mask=*/c10::nullopt, /*dropout_p=*/0.0,
+                                              /*is_causal=*/true, scale);
+  if (pad) out = out.narrow(-1, 0, Dv);
+  return out.transpose(1, 2);  // [B, S, H, Dv]
+}
+
 MLAImpl::MLAImpl(const ModelConfig& c) : cfg(c), softmax_scale(attention_softmax_scale(c)) {
   recompute_up = cfg.recompute == "norm_up";
   auto opt = [](int64_t i, int64_t o) { return torch::nn::LinearOptions(i, o).bias(false); };
@@ -181,7 +202,11 @@ torch::Tensor MLAImpl::forward(const torch::Tensor& x,
   auto v = kv_up.narrow(-1, nope, Dv);
   auto k = torch::cat({k_nope, k_rope.unsqueeze(2).expand({B, L, H, R})}, -1);
   auto qf = torch::cat({q_nope, q_rope}, -1);
-  auto out = causal_attention(qf, k, v, softmax_scale, start_pos);  // [B, S, H, Dv]
+  // The fused kernel's causal mask is aligned at position 0: it serves full sequences (training,
+  // evaluation, a generation prompt); decoding with a cache uses the explicit path.
+  const bool fused = cfg.attention_impl == "sdpa" && start_pos == 0 && L == S;
+  auto out = fused ? fused_causal_attention(qf, k, v, softmax_scale)
+                   : causal_attention(qf, k, v, softmax_scale, start_pos);  // [B, S, H, Dv]
   return o_proj(out.reshape({B, S, H * Dv}));
 }
 

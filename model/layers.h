@@ -76,4 +76,12 @@ torch::Tensor causal_attention(const torch::Tensor& q,
                                double scale,
                                int64_t start_pos);
 
+// The same attention (start_pos 0, S == L) through at::scaled_dot_product_attention, which
+// picks a fused kernel (flash attention on CPU; flash, memory-efficient or cuDNN on CUDA).
+// Dqk may differ from Dv (MLA: nope + rope vs v_head_dim).
+torch::Tensor fused_causal_attention(const torch::Tensor& q,
+                                     const torch::Tensor& k,
+                                     const torch::Tensor& v,
+                                     double scale);
+
 }  // namespace condensa::model

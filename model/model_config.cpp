@@ -75,6 +75,14 @@ void ModelConfig::validate() const {
     throw ConfigError(
         str("model.recompute = '", recompute, "': must be one of none | norm_up | full"));
   }
+  if (attention_impl != "sdpa" && attention_impl != "explicit") {
+    throw ConfigError(
+        str("model.attention_impl = '", attention_impl, "': must be one of sdpa | explicit"));
+  }
+  if (experts_impl != "auto" && experts_impl != "loop" && experts_impl != "grouped") {
+    throw ConfigError(
+        str("model.experts_impl = '", experts_impl, "': must be one of auto | loop | grouped"));
+  }
 }
 
 }  // namespace condensa::model

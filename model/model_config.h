@@ -64,6 +64,10 @@ struct ModelConfig {
   // Activation recomputation: none | norm_up (RMSNorm + MLA up-projections) | full.
   std::string recompute = "none";
 
+  // Kernels (same numerics up to rounding; the reference paths are what tests compare with).
+  std::string attention_impl = "sdpa";  // sdpa (fused kernels) | explicit (matmul-softmax-matmul)
+  std::string experts_impl = "auto";    // auto | loop | grouped (CUDA grouped GEMM)
+
   template <class V>
   void visit(V& v) {
     v("vocab_size", vocab_size, "vocabulary size (259 for the byte tokenizer)");
@@ -110,6 +114,10 @@ struct ModelConfig {
       "last step using mtp_loss_weight; -1 = all");
     v("mtp_loss_weight_after", mtp_loss_weight_after, "MTP loss weight after that step");
     v("recompute", recompute, "activation recomputation: none | norm_up | full");
+    v("attention_impl", attention_impl,
+      "attention kernel: sdpa (fused scaled_dot_product_attention) | explicit (reference)");
+    v("experts_impl", experts_impl,
+      "routed experts: auto (grouped on CUDA in bf16, else loop) | loop | grouped");
   }
 
   // Throws ConfigError naming `model.<key>` and the offending values.
