@@ -104,13 +104,13 @@ model::Dispatched AllToAllDispatcher::dispatch(const torch::Tensor& x_TD,
                                                const torch::Tensor& probs_TK) {
   const int64_t P = comm_.size(), L = local_.count;
   auto handle = std::make_shared<AllToAllHandle>();
-  handle->plan = model::plan_permutation(topk_idx_TK, probs_TK);
+  handle->plan = model::plan_permutation(topk_idx_TK, probs_TK, options.may_drop);
   auto x_send = x_TD.index_select(0, handle->plan.token_of_row);  // sorted by global expert
 
   // Exchange per-expert counts: rank j receives, from every source, counts for its experts
   // (experts are contiguous per rank, see expert_range, so the [P, L] view splits by rank).
-  auto counts_E =
-      torch::bincount(handle->plan.expert_of_row, {}, num_experts_).to(torch::kInt64).cpu();
+  // (The split sizes must reach the host: the all-to-all needs them.)
+  auto counts_E = model::count_rows(handle->plan.expert_of_row, 0, num_experts_).cpu();
   auto counts_in = comm_.to_device(counts_E.view({P, L}));
   auto counts_out = torch::empty_like(counts_in);
   comm_.all_to_all(counts_in, std::vector<int64_t>(P, 1), counts_out, std::vector<int64_t>(P, 1));
@@ -142,6 +142,7 @@ model::Dispatched AllToAllDispatcher::dispatch(const torch::Tensor& x_TD,
     }
   }
   auto dev = x_TD.device();
+  d.rows_per_expert_E = torch::tensor(d.rows_per_expert, torch::kInt64).to(dev);
   handle->group_order = torch::tensor(order, torch::kInt64).to(dev);
   handle->inverse_order = torch::empty_like(handle->group_order);
   if (pos > 0)

@@ -24,8 +24,19 @@ struct DispatchHandle {
 
 struct Dispatched {
   torch::Tensor x_ND;                    // rows grouped by local expert, experts in order
-  std::vector<int64_t> rows_per_expert;  // per local expert
+  std::vector<int64_t> rows_per_expert;  // per local expert, on the host (empty: not read)
+  torch::Tensor rows_per_expert_E;       // the same counts on x_ND's device (int64)
   std::shared_ptr<const DispatchHandle> handle;
+};
+
+// What a MoE layer tells its dispatcher at construction.
+struct DispatchOptions {
+  // Assignments may be dropped (-1, capacity routing); dropless routing skips the compaction,
+  // whose output size is data-dependent (a device-to-host sync).
+  bool may_drop = true;
+  // The experts read rows_per_expert on the host (the per-expert loop). The grouped GEMM reads
+  // the device counts only, so a local dispatch then runs without any host sync.
+  bool host_counts = true;
 };
 
 class TokenDispatcher {
@@ -42,6 +53,8 @@ class TokenDispatcher {
                               const torch::Tensor& probs_TK) = 0;
   // y_ND rows in the order dispatch produced -> [T, D] = sum_k probs * expert output.
   virtual torch::Tensor combine(const torch::Tensor& y_ND, const DispatchHandle& handle) = 0;
+
+  DispatchOptions options;
 };
 
 // The dispatcher of MoE layer `layer` (a model is built with one factory).
@@ -69,7 +82,12 @@ struct PermutationPlan {
   torch::Tensor expert_of_row;  // [N] int64 global expert of each row
   int64_t num_tokens = 0;
 };
-PermutationPlan plan_permutation(const torch::Tensor& topk_idx_TK, const torch::Tensor& probs_TK);
+// may_drop = false promises that topk_idx has no -1 (no compaction, no host sync).
+PermutationPlan plan_permutation(const torch::Tensor& topk_idx_TK,
+                                 const torch::Tensor& probs_TK,
+                                 bool may_drop = true);
+// Rows per expert [num_experts] on the device, without a host sync (unlike bincount).
+torch::Tensor count_rows(const torch::Tensor& expert_of_row, int64_t first, int64_t num_experts);
 // sum over rows of y * prob into their tokens: [N, D] -> [T, D].
 torch::Tensor unpermute_weighted(const torch::Tensor& y_ND,
                                  const torch::Tensor& token_of_row,

@@ -12,13 +12,21 @@ namespace condensa::model {
 
 struct GroupedExpertsImpl : torch::nn::Module {
   GroupedExpertsImpl(int64_t num_local_experts, int64_t first_expert, int64_t dim, int64_t inter);
-  // x_ND rows grouped by local expert -> y_ND. SwiGLU per expert.
+  // x_ND rows grouped by local expert -> y_ND. SwiGLU per expert, one matmul triple per expert
+  // with rows (the reference path; host counts).
   torch::Tensor forward(const torch::Tensor& x_ND, const std::vector<int64_t>& rows_per_expert);
+  // The same as three grouped GEMMs (at::_grouped_mm) over all experts at once, reading the
+  // counts on the device (no host sync). Computes in the autocast dtype when autocast is on
+  // for x's device. Needs 16-byte aligned rows: D and F multiples of 8 (bf16) or 4 (fp32).
+  torch::Tensor forward_grouped(const torch::Tensor& x_ND, const torch::Tensor& rows_per_expert_E);
 
   int64_t num_local_experts, first_expert;
   torch::Tensor gate_proj, up_proj;  // [E, F, D]
   torch::Tensor down_proj;           // [E, D, F]
 };
 TORCH_MODULE(GroupedExperts);
+
+// Whether `model.experts_impl` selects the grouped GEMM on `device` ("auto": CUDA in bf16).
+bool use_grouped_gemm(const std::string& experts_impl, torch::Device device, bool bf16);
 
 }  // namespace condensa::model

@@ -1,5 +1,7 @@
 #include "model/moe/layer.h"
 
+#include <ATen/autocast_mode.h>
+
 #include "model/moe/balance.h"
 #include "model/recompute.h"
 
@@ -16,6 +18,7 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& c, std::shared_ptr<TokenDispatcher
         "shared_experts", MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.num_shared_experts));
   }
   gate->routing.expert_node = dispatcher->node_of_expert();
+  dispatcher->options.may_drop = cfg.capacity_factor > 0;
   recompute_experts = cfg.recompute == "full";
 }
 
@@ -36,15 +39,25 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& x_BSD, torch::Tensor* a
   }
 
   // 2. Dispatch -> 3. experts -> 4. combine.
+  const auto device_type = x_TD.device().type();
+  const bool bf16 = x_TD.scalar_type() == torch::kBFloat16 ||
+                    (at::autocast::is_autocast_enabled(device_type) &&
+                     at::autocast::get_autocast_dtype(device_type) == torch::kBFloat16);
+  const bool grouped = use_grouped_gemm(cfg.experts_impl, x_TD.device(), bf16);
+  dispatcher->options.host_counts = !grouped;
   Dispatched d = dispatcher->dispatch(x_TD, r.topk_idx_TK, r.probs_TK);
-  torch::Tensor y_ND;
-  if (recompute_experts && d.x_ND.requires_grad()) {
-    auto rows = d.rows_per_expert;
-    y_ND = recompute([this, rows](const torch::Tensor& t) { return experts->forward(t, rows); },
-                     d.x_ND);
+  std::function<torch::Tensor(const torch::Tensor&)> run_experts;
+  if (grouped) {
+    auto counts = d.rows_per_expert_E;
+    run_experts = [this, counts](const torch::Tensor& t) {
+      return experts->forward_grouped(t, counts);
+    };
   } else {
-    y_ND = experts(d.x_ND, d.rows_per_expert);
+    auto rows = d.rows_per_expert;
+    run_experts = [this, rows](const torch::Tensor& t) { return experts->forward(t, rows); };
   }
+  torch::Tensor y_ND = recompute_experts && d.x_ND.requires_grad() ? recompute(run_experts, d.x_ND)
+                                                                   : run_experts(d.x_ND);
   auto y_TD = dispatcher->combine(y_ND, *d.handle);
 
   // 5. Shared experts see every token.

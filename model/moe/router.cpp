@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "model/autocast.h"
 #include "model/layers.h"
 
 namespace condensa::model {
@@ -98,7 +99,13 @@ void RouterImpl::reset_stats() { stats.reset(cfg.num_routed_experts, weight.devi
 
 RouterOutput RouterImpl::forward(const torch::Tensor& x_TD) {
   RouterOutput out;
-  out.logits_TE = torch::matmul(upcast(x_TD), upcast(weight).t());
+  {
+    // The router runs in fp32 even under bf16 autocast (which would otherwise cast this matmul
+    // back to bf16): bf16 scores have 8 mantissa bits, so near-equal affinities tie and the
+    // selection bias (steps of bias_update_rate, 1e-3) is lost in rounding.
+    AutocastScope fp32(AutocastState{});
+    out.logits_TE = torch::matmul(upcast(x_TD), upcast(weight).t());
+  }
   out.scores_TE =
       cfg.scoring == "sigmoid" ? torch::sigmoid(out.logits_TE) : torch::softmax(out.logits_TE, -1);
   std::tie(out.topk_idx_TK, out.probs_TK) =

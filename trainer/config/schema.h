@@ -86,6 +86,7 @@ struct OptimConfig {
   double beta2 = 0.95;
   double eps = 1e-8;
   double weight_decay = 0.1;
+  bool fused = true;  // one fused AdamW kernel (at::_fused_adamw_) instead of element-wise ops
   template <class V>
   void visit(V& v) {
     v("lr", lr, "peak learning rate");
@@ -96,6 +97,7 @@ struct OptimConfig {
     v("beta2", beta2, "AdamW beta2");
     v("eps", eps, "AdamW epsilon");
     v("weight_decay", weight_decay, "AdamW decoupled weight decay (not on norms and biases)");
+    v("fused", fused, "fused AdamW kernel; false = the element-wise reference update");
   }
   void validate() const;
 };

@@ -21,6 +21,19 @@ void adamw_update(torch::Tensor p,
   p.addcdiv_(m, denom, -lr / bc1);
 }
 
+void adamw_update_fused(const AdamWPieces& pieces, double lr, int64_t step, const AdamWHyper& h) {
+  torch::NoGradGuard no_grad;
+  if (pieces.params.empty()) return;
+  // The kernel reads each piece's step count from a float tensor on the pieces' device.
+  std::vector<torch::Tensor> steps(
+      pieces.params.size(),
+      torch::full({}, static_cast<double>(step),
+                  torch::TensorOptions().dtype(torch::kFloat32).device(pieces.params[0].device())));
+  at::_fused_adamw_(pieces.params, pieces.grads, pieces.exp_avgs, pieces.exp_avg_sqs,
+                    /*max_exp_avg_sqs=*/{}, steps, lr, h.beta1, h.beta2, h.weight_decay, h.eps,
+                    /*amsgrad=*/false, /*maximize=*/false);
+}
+
 bool uses_weight_decay(const torch::Tensor& param) { return param.dim() >= 2; }
 
 }  // namespace condensa::trainer

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace condensa::trainer {
 
@@ -26,6 +27,15 @@ void adamw_update(torch::Tensor p,
                   double lr,
                   int64_t step,
                   const AdamWHyper& h);
+
+// Lists of same-length views (parameter, gradient, first and second moment) updated together.
+struct AdamWPieces {
+  std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs;
+};
+
+// The same update as adamw_update on every piece, as one fused kernel (at::_fused_adamw_: one
+// pass over each piece on the CPU, multi-tensor launches on CUDA). Same numerics up to rounding.
+void adamw_update_fused(const AdamWPieces& pieces, double lr, int64_t step, const AdamWHyper& h);
 
 // Whether a parameter gets weight decay: matrices and stacked weights (dim >= 2) do; vectors
 // and scalars do not.

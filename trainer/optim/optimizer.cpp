@@ -7,7 +7,7 @@
 namespace condensa::trainer {
 
 Optimizer::Optimizer(std::vector<ParamGroupSpec> specs, const OptimConfig& cfg, int zero_stage)
-    : zero_stage_(zero_stage) {
+    : zero_stage_(zero_stage), fused_(cfg.fused) {
   decay_ = {cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay};
   no_decay_ = {cfg.beta1, cfg.beta2, cfg.eps, 0.0};
   for (auto& spec : specs) {
@@ -24,12 +24,65 @@ Optimizer::Optimizer(std::vector<ParamGroupSpec> specs, const OptimConfig& cfg, 
     auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(comm.device());
     auto exp_avg = torch::zeros({plan.owned().size()}, opts);
     auto exp_avg_sq = torch::zeros({plan.owned().size()}, opts);
-    groups_.push_back(Group{std::move(spec), std::move(plan), std::move(decay), torch::Tensor(),
-                            exp_avg, exp_avg_sq});
+    Group g{std::move(spec), std::move(plan), std::move(decay)};
+    g.exp_avg = exp_avg;
+    g.exp_avg_sq = exp_avg_sq;
+    bind_flat_buffers(g, opts);
+    groups_.push_back(std::move(g));
   }
 }
 
-torch::Tensor Optimizer::flat_grads(const Group& g) const {
+void Optimizer::bind_flat_buffers(Group& g, const torch::TensorOptions& opts) {
+  // Parameters and gradients become views of one flat buffer each (padded by the plan), so the
+  // reduction, the update and the gather work on them in place: no copy in or out per step.
+  // Needs fp32 parameters on the group's device (the model keeps fp32 weights; autocast
+  // computes in bf16).
+  torch::NoGradGuard no_grad;
+  for (auto& p : g.spec.params) {
+    if (p.param.scalar_type() != torch::kFloat32 || p.param.device() != opts.device()) return;
+  }
+  g.params_flat = torch::zeros({g.plan.padded()}, opts);
+  g.grads_flat = torch::zeros({g.plan.padded()}, opts);
+  for (int64_t i = 0; i < g.plan.num_tensors(); ++i) {
+    auto& p = g.spec.params[i].param;
+    auto view = g.params_flat.narrow(0, g.plan.offset(i), g.plan.numel(i));
+    view.copy_(p.detach().reshape({-1}));
+    p.set_data(view.view(p.sizes()));
+    auto grad_view = g.grads_flat.narrow(0, g.plan.offset(i), g.plan.numel(i));
+    if (p.grad().defined())
+      grad_view.copy_(p.grad().reshape({-1}));  // keep a gradient already there
+    p.mutable_grad() = grad_view.view(p.sizes());
+  }
+}
+
+void Optimizer::zero_grad() {
+  for (auto& g : groups_) {
+    if (g.grads_flat.defined()) {
+      g.grads_flat.zero_();
+    } else {
+      for (auto& p : g.spec.params) p.param.mutable_grad() = torch::Tensor();
+    }
+  }
+}
+
+torch::Tensor Optimizer::flat_grads(Group& g) {
+  if (g.grads_flat.defined()) {
+    // Backward accumulated into the views. A gradient that was replaced since (assigned, or
+    // set to None by a module's zero_grad) is copied back into its view, which is rebound.
+    for (int64_t i = 0; i < g.plan.num_tensors(); ++i) {
+      auto& p = g.spec.params[i].param;
+      auto view = g.grads_flat.narrow(0, g.plan.offset(i), g.plan.numel(i));
+      const auto& grad = p.grad();
+      if (grad.defined() && grad.data_ptr() == view.data_ptr()) continue;
+      if (grad.defined()) {
+        view.copy_(grad.reshape({-1}));
+      } else {
+        view.zero_();
+      }
+      p.mutable_grad() = view.view(p.sizes());
+    }
+    return g.grads_flat;
+  }
   std::vector<torch::Tensor> parts;
   for (auto& p : g.spec.params) {
     auto grad = p.param.grad();
@@ -40,6 +93,7 @@ torch::Tensor Optimizer::flat_grads(const Group& g) const {
 }
 
 torch::Tensor Optimizer::flat_params(const Group& g) const {
+  if (g.params_flat.defined()) return g.params_flat;
   std::vector<torch::Tensor> parts;
   for (auto& p : g.spec.params) parts.push_back(p.param.detach().reshape({-1}));
   return parallel::flatten_padded(parts, g.plan, g.spec.reduce_comm->device());
@@ -76,17 +130,32 @@ void Optimizer::step(double lr) {
   for (auto& g : groups_) {
     auto flat = flat_params(g);
     auto shard = flat.narrow(0, g.plan.owned().begin, g.plan.owned().size());
+    // The owned range split at parameter boundaries: decay and no-decay pieces.
+    AdamWPieces pieces[2];
     for (const auto& o : g.plan.owned_overlaps()) {
-      adamw_update(shard.narrow(0, o.range_offset, o.size),
-                   g.grad_shard.narrow(0, o.range_offset, o.size),
-                   g.exp_avg.narrow(0, o.range_offset, o.size),
-                   g.exp_avg_sq.narrow(0, o.range_offset, o.size), lr, step_count_,
-                   g.decay[o.tensor] ? decay_ : no_decay_);
+      auto& dst = pieces[g.decay[o.tensor] ? 1 : 0];
+      dst.params.push_back(shard.narrow(0, o.range_offset, o.size));
+      dst.grads.push_back(g.grad_shard.narrow(0, o.range_offset, o.size));
+      dst.exp_avgs.push_back(g.exp_avg.narrow(0, o.range_offset, o.size));
+      dst.exp_avg_sqs.push_back(g.exp_avg_sq.narrow(0, o.range_offset, o.size));
+    }
+    for (int decay = 0; decay < 2; ++decay) {
+      const auto& h = decay ? decay_ : no_decay_;
+      if (fused_) {
+        adamw_update_fused(pieces[decay], lr, step_count_, h);
+      } else {
+        for (size_t i = 0; i < pieces[decay].params.size(); ++i) {
+          adamw_update(pieces[decay].params[i], pieces[decay].grads[i], pieces[decay].exp_avgs[i],
+                       pieces[decay].exp_avg_sqs[i], lr, step_count_, h);
+        }
+      }
     }
     parallel::gather_shards(flat, g.plan, *g.spec.reduce_comm);
-    for (int64_t i = 0; i < g.plan.num_tensors(); ++i) {
-      auto& p = g.spec.params[i].param;
-      p.detach().copy_(flat.narrow(0, g.plan.offset(i), g.plan.numel(i)).view_as(p));
+    if (!g.params_flat.defined()) {
+      for (int64_t i = 0; i < g.plan.num_tensors(); ++i) {
+        auto& p = g.spec.params[i].param;
+        p.detach().copy_(flat.narrow(0, g.plan.offset(i), g.plan.numel(i)).view_as(p));
+      }
     }
     g.grad_shard = torch::Tensor();
   }

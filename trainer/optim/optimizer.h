@@ -9,6 +9,10 @@
 // AdamW state for that shard only), then all-gathers the parameters. Both walk the plan's
 // overlaps of each parameter with the owned range and call the same element-wise adamw_update,
 // so the two agree up to reduction order. The collectives are parallel/grad_sync.h.
+//
+// The parameters and their gradients are views of the group's flat buffers (bound at
+// construction), so nothing is copied per step; the update runs as one fused AdamW kernel
+// per (group, weight decay) list (optim.fused), or as the element-wise reference.
 #pragma once
 
 #include <torch/torch.h>
@@ -49,6 +53,9 @@ class Optimizer {
  public:
   Optimizer(std::vector<ParamGroupSpec> groups, const OptimConfig& cfg, int zero_stage);
 
+  // Zeroes every gradient before a step's first backward. Gradients are views of the
+  // optimizer's flat buffer: use this, not the module's zero_grad (which would drop the views).
+  void zero_grad();
   // After backward: sum and scale the gradients of every group.
   void reduce_gradients();
   // Global gradient L2 norm (before clipping); scales gradients when it exceeds max_norm > 0.
@@ -72,13 +79,18 @@ class Optimizer {
     std::vector<bool> decay;            // per parameter
     torch::Tensor grad_shard;           // [plan.owned().size()] reduced gradient
     torch::Tensor exp_avg, exp_avg_sq;  // state for plan.owned()
+    // [plan.padded()]: the parameters and gradients are views of these (undefined when the
+    // parameters are not fp32 on the group's device; then they are copied in and out).
+    torch::Tensor params_flat, grads_flat;
   };
-  torch::Tensor flat_grads(const Group& g) const;
+  void bind_flat_buffers(Group& g, const torch::TensorOptions& opts);
+  torch::Tensor flat_grads(Group& g);
   torch::Tensor flat_params(const Group& g) const;
 
   std::vector<Group> groups_;
   AdamWHyper decay_, no_decay_;
   int zero_stage_;
+  bool fused_;
   int64_t step_count_ = 0;
 };
 

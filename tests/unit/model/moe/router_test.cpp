@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "model/autocast.h"
 #include "model/moe/balance.h"
 
 using namespace condensa::model;
@@ -195,4 +196,32 @@ TEST(Router, BiasUpdateFollowsTheSignRule) {
   EXPECT_FLOAT_EQ(bias[1].item<float>(), -0.249f);
   EXPECT_FLOAT_EQ(bias[2].item<float>(), 0.0f);
   EXPECT_FLOAT_EQ(bias[3].item<float>(), 1.0f);
+}
+
+TEST(Router, ScoresStayFp32UnderBf16Autocast) {
+  // bf16 autocast would compute the gate matmul in bf16: scores with 8 mantissa bits tie and
+  // the 1e-3 bias steps vanish in rounding. The router opts out of autocast.
+  ModelConfig c;
+  c.hidden_size = 64;
+  c.num_routed_experts = 16;
+  c.top_k = 4;
+  torch::manual_seed(8);
+  Router r(c);
+  {
+    torch::NoGradGuard g;
+    r->weight.normal_(0, 0.05);
+  }
+  auto x = torch::randn({32, 64});
+  auto ref = r(x);
+  AutocastState s = AutocastState::current();
+  s.cpu_enabled = true;
+  s.cpu_dtype = at::kBFloat16;
+  RouterOutput got;
+  {
+    AutocastScope scope(s);
+    got = r(x);
+  }
+  EXPECT_EQ(got.logits_TE.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(got.logits_TE, ref.logits_TE));
+  EXPECT_TRUE(torch::equal(got.topk_idx_TK, ref.topk_idx_TK));
 }
