@@ -5,8 +5,12 @@
 
 namespace condensa {
 
-// Sustained FLOP/s of an n x n x n matmul in `dtype` on this process's threads, timed for
-// about `seconds` after a warm-up. The trainer uses it as the peak for MFU.
-double measure_matmul_flops(torch::ScalarType dtype, int64_t n, double seconds);
+// Sustained FLOP/s of an n x n x n matmul in `dtype` on `device` (this process's threads on
+// the CPU), timed for about `seconds` after a warm-up. The trainer uses it as the peak for MFU:
+// measured where the model runs, so a GPU run is measured against the GPU's own matmul.
+double measure_matmul_flops(torch::ScalarType dtype,
+                            int64_t n,
+                            double seconds,
+                            torch::Device device = torch::kCPU);
 
 }  // namespace condensa

@@ -1,5 +1,6 @@
 #include "trainer/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -78,8 +79,10 @@ Trainer::Trainer(const Config& cfg,
   // language ids (the model knows nothing of languages).
   model::keep_routing_assignments(*model_, !data_->language_names().empty());
   flops_per_token_ = model::training_flops_per_token(m, cfg_.train.seq_len);
-  peak_flops_ = measure_matmul_flops(
-      cfg_.train.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32, 512, 0.2);
+  // MFU's peak: the matmul rate of the device the model runs on, in the compute dtype.
+  peak_flops_ =
+      measure_matmul_flops(cfg_.train.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32,
+                           device_.is_cpu() ? 512 : 8192, device_.is_cpu() ? 0.2 : 0.5, device_);
 }
 
 void Trainer::reset_routing_stats(bool log_interval) {
@@ -95,7 +98,7 @@ bool Trainer::stop_requested() {
   return world_.to_cpu(flag).item<int64_t>() != 0;
 }
 
-Trainer::StepStats Trainer::forward_backward(int64_t step) {
+torch::Tensor Trainer::forward_backward(int64_t step) {
   const int64_t dp = mesh_.dp_size(), mb = cfg_.train.micro_batch_size;
   const int64_t rows = cfg_.train.global_batch_size / dp;
   const int64_t num_micro = rows / mb;
@@ -105,9 +108,10 @@ Trainer::StepStats Trainer::forward_backward(int64_t step) {
       (cfg_.model.mtp_loss_weight_until_step < 0 || step <= cfg_.model.mtp_loss_weight_until_step)
           ? cfg_.model.mtp_loss_weight
           : cfg_.model.mtp_loss_weight_after;
-  StepStats st;
+  // Loss sums stay on the device: read once per step, after the data-parallel reduction.
+  auto sums = torch::zeros({3}, torch::TensorOptions().dtype(torch::kFloat64).device(device_));
   model_->train();
-  model_->zero_grad();
+  optim_->zero_grad();
   for (int64_t micro = 0; micro < num_micro; ++micro) {
     auto batch = data_->batch(data::Split::kTrain, step, first_row + micro * mb, mb);
     auto tokens = batch.tokens.to(device_);
@@ -131,11 +135,11 @@ Trainer::StepStats Trainer::forward_backward(int64_t step) {
     }
     count_routing_by_language(batch.language.narrow(1, 0, S));
     (loss / num_micro).backward();
-    st.loss += ce.item<double>() / num_micro;
-    st.mtp_loss += mtp.item<double>() / num_micro;
-    st.aux_loss += out.aux_loss.item<double>() / num_micro;
+    sums.add_(torch::stack({ce.detach(), mtp.detach(), out.aux_loss.detach()})
+                  .to(torch::kFloat64)
+                  .div_(static_cast<double>(num_micro)));
   }
-  return st;
+  return sums;
 }
 
 void Trainer::count_routing_by_language(const torch::Tensor& language_BS) {
@@ -294,6 +298,56 @@ void Trainer::log_step(int64_t step,
   }
 }
 
+Trainer::StepResult Trainer::train_step(int64_t step, std::vector<torch::Tensor>& loads) {
+  StepResult r;
+  auto sums = forward_backward(step);
+  optim_->reduce_gradients();
+  r.grad_norm = optim_->clip_grad_norm(cfg_.train.grad_clip);
+  r.lr = lr_at(cfg_.optim, cfg_.train.steps, step);
+  optim_->step(r.lr);
+  update_router_bias(step, loads);
+  tokens_seen_ += cfg_.train.global_batch_size * cfg_.train.seq_len;
+
+  // Loss averaged over data-parallel ranks (each saw different rows): the step's one read of
+  // the loss sums.
+  if (mesh_.dp_size() > 1) mesh_.dp().all_reduce(sums, parallel::ReduceOp::kSum);
+  auto losses = world_.to_cpu(sums) / static_cast<double>(mesh_.dp_size());
+  auto v = losses.accessor<double, 1>();
+  r.stats = {v[0], v[1], v[2]};
+  return r;
+}
+
+BenchResult Trainer::benchmark(int64_t warmup, int64_t steps) {
+  CONDENSA_CHECK(warmup >= 0 && steps > 0, ConfigError, "bench train: --warmup (", warmup,
+                 ") must be >= 0 and --steps (", steps, ") > 0");
+  BenchResult b;
+  std::vector<torch::Tensor> loads;
+  std::vector<double> times;
+  for (int64_t step = 1; step <= warmup + steps; ++step) {
+    world_.barrier();
+    auto t0 = std::chrono::steady_clock::now();
+    const StepResult r = train_step(step, loads);  // ends with a host read: the step is done
+    reset_routing_stats(/*log_interval=*/true);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    auto t = world_.to_device(torch::tensor({seconds}, torch::kFloat64));
+    world_.all_reduce(t, parallel::ReduceOp::kMax);  // the slowest rank
+    if (step > warmup) times.push_back(world_.to_cpu(t).item<double>());
+    b.final_loss = r.stats.loss;
+  }
+  std::sort(times.begin(), times.end());
+  b.steps = steps;
+  b.median_step_s = times[times.size() / 2];
+  b.min_step_s = times.front();
+  b.max_step_s = times.back();
+  b.tokens_per_step = cfg_.train.global_batch_size * cfg_.train.seq_len;
+  b.tokens_per_s = b.tokens_per_step / b.median_step_s;
+  b.flops_per_token = flops_per_token_;
+  b.peak_flops_per_rank = peak_flops_;
+  b.mfu = flops_per_token_ * b.tokens_per_s / (peak_flops_ * world_.size());
+  return b;
+}
+
 TrainSummary Trainer::run() {
   TrainSummary summary;
   const int64_t start = resume();
@@ -318,20 +372,9 @@ TrainSummary Trainer::run() {
   std::vector<torch::Tensor> loads;
   for (int64_t step = start + 1; step <= cfg_.train.steps; ++step) {
     auto t0 = std::chrono::steady_clock::now();
-    StepStats st = forward_backward(step);
-    optim_->reduce_gradients();
-    const double grad_norm = optim_->clip_grad_norm(cfg_.train.grad_clip);
-    const double lr = lr_at(cfg_.optim, cfg_.train.steps, step);
-    optim_->step(lr);
-    update_router_bias(step, loads);
-    tokens_seen_ += cfg_.train.global_batch_size * cfg_.train.seq_len;
-
-    // Loss averaged over data-parallel ranks (each saw different rows).
-    auto losses =
-        world_.to_device(torch::tensor({st.loss, st.mtp_loss, st.aux_loss}, torch::kFloat64));
-    mesh_.dp().all_reduce(losses, parallel::ReduceOp::kSum);
-    losses = world_.to_cpu(losses) / static_cast<double>(mesh_.dp_size());
-    st = {losses[0].item<double>(), losses[1].item<double>(), losses[2].item<double>()};
+    const StepResult r = train_step(step, loads);
+    const StepStats& st = r.stats;
+    const double grad_norm = r.grad_norm, lr = r.lr;
     CONDENSA_CHECK(std::isfinite(st.loss), Error, "loss is ", st.loss, " at step ", step,
                    ": training diverged (lower optim.lr or check the data)");
     const double step_s =

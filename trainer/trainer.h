@@ -28,12 +28,23 @@ struct TrainSummary {
   bool interrupted = false;
 };
 
+// `Trainer::benchmark`: step times after warm-up (the slowest rank's), median throughput.
+struct BenchResult {
+  int64_t steps = 0, tokens_per_step = 0;
+  double median_step_s = 0, min_step_s = 0, max_step_s = 0;
+  double tokens_per_s = 0, flops_per_token = 0, peak_flops_per_rank = 0, mfu = 0;
+  double final_loss = 0;
+};
+
 class Trainer {
  public:
   Trainer(const Config& cfg,
           parallel::Communicator& world,
           const std::atomic<bool>* stop_flag = nullptr);
   TrainSummary run();
+  // Times `steps` training steps after `warmup` untimed ones, from the initial weights: no
+  // resume, checkpoint, evaluation or metrics file (`condensa bench train`).
+  BenchResult benchmark(int64_t warmup, int64_t steps);
 
   model::TransformerImpl& model() { return *model_; }
   const parallel::Mesh& mesh() const { return mesh_; }
@@ -42,7 +53,14 @@ class Trainer {
   struct StepStats {
     double loss = 0, mtp_loss = 0, aux_loss = 0;
   };
-  StepStats forward_backward(int64_t step);
+  struct StepResult {
+    StepStats stats;  // averaged over data-parallel ranks
+    double grad_norm = 0, lr = 0;
+  };
+  // One optimizer step: micro-batches, gradient reduction, clip, AdamW, bias update.
+  StepResult train_step(int64_t step, std::vector<torch::Tensor>& global_loads);
+  // Forward and backward of this rank's micro-batches: [loss, mtp, aux] sums on the device.
+  torch::Tensor forward_backward(int64_t step);
   void update_router_bias(int64_t step, std::vector<torch::Tensor>& global_loads);
   // Bins the last forward's routing by the micro-batch's language ids [B, S].
   void count_routing_by_language(const torch::Tensor& language_BS);

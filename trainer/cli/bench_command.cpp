@@ -1,5 +1,8 @@
+#include <torch/csrc/autograd/profiler_kineto.h>
+
 #include <chrono>
 #include <cstdio>
+#include <set>
 #include <sstream>
 
 #include "common/args.h"
@@ -12,17 +15,23 @@
 #include "trainer/cli/commands.h"
 #include "trainer/cli/world.h"
 #include "trainer/parallelize.h"
+#include "trainer/trainer.h"
 
 namespace condensa::trainer {
 
 namespace {
 
-const char* kBenchHelp = R"(usage: condensa bench <matmul|alltoall|moe> [options]
+const char* kBenchHelp = R"(usage: condensa bench <matmul|alltoall|moe|train> [options]
 
   matmul    [--dtype fp32|bf16|all] [--sizes 256,512,1024,2048] [--seconds S] [--threads N]
             GFLOP/s of square matmuls: the peak the trainer's MFU is measured against.
   alltoall  [--min-bytes B] [--max-bytes B] [--iters N] [--warmup N] [--dtype fp32|bf16]
             nccl-tests style table (run under mpirun; verifies every element it moves).
+  train     --config X.yaml [--set k=v ...] [--steps N] [--warmup N] [--profile TRACE.json]
+            trains N steps (default 10) after N warm-up steps (default 3) from the initial
+            weights, writing nothing: median tokens/s, step time and MFU against the matmul
+            peak of the device in train.dtype (run under mpirun for several ranks).
+            --profile: then profiles 2 more steps into a Chrome trace.
   moe       --config X.yaml [--set k=v ...] [--iters N]
             times route, dispatch, experts and combine of one MoE layer separately (run under
             mpirun with parallel.expert_parallel > 1 to measure the all-to-all).
@@ -100,10 +109,17 @@ int bench_moe(const ParsedArgs& a) {
     torch::NoGradGuard g;
     for (auto& p : layer->parameters()) p.normal_(0, m.init_std);
   }
+  // Everything lives on the communicator's device (the GPU with nccl).
+  const auto device = comm.device();
+  layer->to(device);
   const int64_t iters = a.get_int("--iters", 20);
   const int64_t T = cfg.train.micro_batch_size * cfg.train.seq_len;
   torch::manual_seed(1000 + comm.rank());
-  auto x = torch::randn({T, m.hidden_size});
+  auto x = torch::randn({T, m.hidden_size}).to(device);
+  // Accelerator kernels are asynchronous: a phase ends when its output is computed.
+  auto done = [&](const torch::Tensor& t) {
+    if (!device.is_cpu() && t.numel() > 0) t.flatten()[0].item<double>();
+  };
   double t_route = 0, t_dispatch = 0, t_experts = 0, t_combine = 0;
   auto now = [] { return std::chrono::steady_clock::now(); };
   auto secs = [](auto a0, auto b0) { return std::chrono::duration<double>(b0 - a0).count(); };
@@ -112,21 +128,27 @@ int bench_moe(const ParsedArgs& a) {
     comm.barrier();
     auto t0 = now();
     auto r = layer->gate(x);
+    done(r.probs_TK);
     auto t1 = now();
     auto d = dispatcher->dispatch(x, r.topk_idx_TK, r.probs_TK);
+    done(d.x_ND);
     auto t2 = now();
     auto y = layer->experts(d.x_ND, d.rows_per_expert);
+    done(y);
     auto t3 = now();
     auto out = dispatcher->combine(y, *d.handle);
+    done(out);
     auto t4 = now();
     if (i >= 2) {
       t_route += secs(t0, t1), t_dispatch += secs(t1, t2), t_experts += secs(t2, t3),
           t_combine += secs(t3, t4);
     }
   }
-  auto times = torch::tensor({t_route, t_dispatch, t_experts, t_combine}, torch::kFloat64) /
-               static_cast<double>(iters);
+  auto times =
+      comm.to_device(torch::tensor({t_route, t_dispatch, t_experts, t_combine}, torch::kFloat64) /
+                     static_cast<double>(iters));
   comm.all_reduce(times, parallel::ReduceOp::kMax);
+  times = comm.to_cpu(times);
   if (comm.rank() == 0) {
     auto v = times.accessor<double, 1>();
     double total = v[0] + v[1] + v[2] + v[3];
@@ -147,6 +169,66 @@ int bench_moe(const ParsedArgs& a) {
   return 0;
 }
 
+int bench_train(const ParsedArgs& a) {
+  CONDENSA_CHECK(a.has("--config"), ConfigError, "bench train needs --config X.yaml");
+  Config cfg = load_config(
+      a.get("--config"), a.flags.count("--set") ? a.flags.at("--set") : std::vector<std::string>{});
+  const int64_t steps = a.get_int("--steps", 10), warmup = a.get_int("--warmup", 3);
+  CONDENSA_CHECK(steps > 0, ConfigError, "bench train: --steps must be > 0, got ", steps);
+  CONDENSA_CHECK(warmup >= 0, ConfigError, "bench train: --warmup must be >= 0, got ", warmup);
+  CONDENSA_CHECK(cfg.parallel.pipeline_parallel == 1, ConfigError,
+                 "bench train: parallel.pipeline_parallel (", cfg.parallel.pipeline_parallel,
+                 ") > 1 is not implemented in the trainer; use 1");
+  // The learning-rate schedule spans the timed steps (warm-up included), as in a real run.
+  cfg.train.steps = warmup + steps;
+  World world = make_world(cfg.parallel);
+  auto& comm = world.comm();
+  cfg.validate_for_world(comm.size());
+  Trainer trainer(cfg, comm);
+  auto b = trainer.benchmark(warmup, steps);
+  if (a.has("--profile")) {
+    // Two more steps under LibTorch's profiler (CPU ops; CUDA kernels too on a GPU), saved as
+    // a Chrome trace (chrome://tracing, Perfetto); tests/bench/trace_summary.py tabulates it.
+    namespace prof = torch::autograd::profiler;
+    std::set<torch::profiler::impl::ActivityType> acts = {torch::profiler::impl::ActivityType::CPU};
+    if (comm.device().is_cuda()) acts.insert(torch::profiler::impl::ActivityType::CUDA);
+    const prof::ProfilerConfig pc(prof::ProfilerState::KINETO);
+    prof::prepareProfiler(pc, acts);
+    prof::enableProfiler(pc, acts);
+    trainer.benchmark(0, 2);
+    auto result = prof::disableProfiler();
+    auto path = a.get("--profile");
+    if (comm.size() > 1) path += ".rank" + std::to_string(comm.rank());
+    result->save(path);
+    if (comm.rank() == 0) std::printf("profile of 2 steps: %s\n", path.c_str());
+  }
+  if (comm.rank() == 0) {
+    const auto& m = cfg.model;
+    std::printf(
+        "bench train: %s | d%ld, %ld layers, %ld experts top-%ld | batch %ld x %ld | %s | %d "
+        "rank(s) x %d thread(s) | device %s\n",
+        a.get("--config").c_str(), static_cast<long>(m.hidden_size),
+        static_cast<long>(m.num_layers), static_cast<long>(m.num_routed_experts),
+        static_cast<long>(m.top_k), static_cast<long>(cfg.train.global_batch_size),
+        static_cast<long>(cfg.train.seq_len), cfg.train.dtype.c_str(), comm.size(),
+        at::get_num_threads(), comm.device().str().c_str());
+    std::printf("%ld timed steps after %ld warm-up: step %.1f ms median (min %.1f, max %.1f)\n",
+                static_cast<long>(b.steps), static_cast<long>(warmup), b.median_step_s * 1e3,
+                b.min_step_s * 1e3, b.max_step_s * 1e3);
+    std::printf(
+        "tokens/s %.0f | MFU %.1f%% (%.3g FLOP/token, peak %.1f GFLOP/s per rank) | loss "
+        "%.4f\n",
+        b.tokens_per_s, 100 * b.mfu, b.flops_per_token, b.peak_flops_per_rank / 1e9, b.final_loss);
+    std::printf(
+        "{\"bench\": \"train\", \"tokens_per_s\": %.1f, \"step_ms\": %.3f, \"mfu\": %.5f, "
+        "\"flops_per_token\": %.6g, \"peak_flops_per_rank\": %.6g, \"ranks\": %d, "
+        "\"threads\": %d, \"dtype\": \"%s\"}\n",
+        b.tokens_per_s, b.median_step_s * 1e3, b.mfu, b.flops_per_token, b.peak_flops_per_rank,
+        comm.size(), at::get_num_threads(), cfg.train.dtype.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int bench_command(const Args& args) {
@@ -157,7 +239,7 @@ int bench_command(const Args& args) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   auto a = parse_args(rest,
                       {"--dtype", "--sizes", "--seconds", "--threads", "--min-bytes", "--max-bytes",
-                       "--iters", "--warmup", "--config"},
+                       "--iters", "--warmup", "--config", "--steps", "--profile"},
                       {}, {"--set"});
   if (a.help) {
     std::fputs(kBenchHelp, stdout);
@@ -166,7 +248,8 @@ int bench_command(const Args& args) {
   if (args[0] == "matmul") return bench_matmul(a);
   if (args[0] == "alltoall") return bench_alltoall(a);
   if (args[0] == "moe") return bench_moe(a);
-  throw ConfigError(str("unknown benchmark '", args[0], "' (matmul, alltoall, moe)"));
+  if (args[0] == "train") return bench_train(a);
+  throw ConfigError(str("unknown benchmark '", args[0], "' (matmul, alltoall, moe, train)"));
 }
 
 }  // namespace condensa::trainer
