@@ -17,7 +17,7 @@ torch::Tensor upcast(const torch::Tensor& x) {
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   auto xf = upcast(x);
-  auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  auto y = xf * torch::rsqrt((xf * xf).mean(-1, /*keepdim=*/true) + eps);
   return (y * weight).to(x.scalar_type());
 }
 

@@ -15,12 +15,15 @@ torch::Tensor GroupedExpertsImpl::forward(const torch::Tensor& x_ND,
                                           const std::vector<int64_t>& rows) {
   std::vector<torch::Tensor> outs;
   outs.reserve(num_local_experts);
+  // One unbind per weight: its backward stacks the per-expert gradients once. (Indexing
+  // gate_proj[e] would make each expert's backward write a zero-filled copy of the whole stack.)
+  auto gate = gate_proj.unbind(0), up = up_proj.unbind(0), down = down_proj.unbind(0);
   int64_t offset = 0;
   for (int64_t e = 0; e < num_local_experts; ++e) {
     if (rows[e] == 0) continue;
     auto x = x_ND.narrow(0, offset, rows[e]);
-    auto h = torch::silu(torch::matmul(x, gate_proj[e].t())) * torch::matmul(x, up_proj[e].t());
-    outs.push_back(torch::matmul(h, down_proj[e].t()));
+    auto h = torch::silu(torch::matmul(x, gate[e].t())) * torch::matmul(x, up[e].t());
+    outs.push_back(torch::matmul(h, down[e].t()));
     offset += rows[e];
   }
   if (outs.empty()) {

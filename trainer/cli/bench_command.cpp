@@ -192,7 +192,7 @@ int bench_train(const ParsedArgs& a) {
     namespace prof = torch::autograd::profiler;
     std::set<torch::profiler::impl::ActivityType> acts = {torch::profiler::impl::ActivityType::CPU};
     if (comm.device().is_cuda()) acts.insert(torch::profiler::impl::ActivityType::CUDA);
-    const prof::ProfilerConfig pc(prof::ProfilerState::KINETO);
+    const prof::ProfilerConfig pc(prof::ProfilerState::KINETO, /*report_input_shapes=*/true);
     prof::prepareProfiler(pc, acts);
     prof::enableProfiler(pc, acts);
     trainer.benchmark(0, 2);

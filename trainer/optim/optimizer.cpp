@@ -111,7 +111,9 @@ double Optimizer::clip_grad_norm(double max_norm) {
   torch::NoGradGuard no_grad;
   double total_sq = 0.0;
   for (auto& g : groups_) {
-    auto sq = g.grad_shard.to(torch::kFloat64).pow(2).sum().reshape({1});
+    // The norm in the gradient's dtype (cascade summation; no fp64 copy of every gradient),
+    // squared and summed across groups and ranks in fp64.
+    auto sq = torch::linalg_vector_norm(g.grad_shard, 2).to(torch::kFloat64).pow(2).reshape({1});
     parallel::sum_owned_partials(sq, g.plan, *g.spec.reduce_comm);
     if (g.spec.norm_comm && g.spec.norm_comm->size() > 1) g.spec.norm_comm->all_reduce(sq);
     total_sq += sq.item<double>();
