@@ -67,6 +67,7 @@ torch::Tensor flatten_padded(const std::vector<torch::Tensor>& parts,
 torch::Tensor reduce_gradients(torch::Tensor flat, const ShardPlan& plan, Communicator& comm) {
   CONDENSA_CHECK(flat.numel() == plan.padded(), Error, "reduce_gradients over ", comm.name(),
                  ": flat buffer has ", flat.numel(), " elements, the plan ", plan.padded());
+  if (comm.size() == 1) return flat;  // nothing to sum; a shard of one is the whole buffer
   if (plan.sharded()) {
     auto shard = torch::empty({plan.owned().size()}, flat.options());
     comm.reduce_scatter(flat, shard, ReduceOp::kSum);

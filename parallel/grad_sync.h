@@ -10,7 +10,8 @@
 //
 // The collectives are the ones the trainer always ran, in the same order: ZeRO-0 all-reduces
 // the flat gradient in buckets of kGradBucketElements (skipped on a group of one), ZeRO-1
-// reduce-scatters it in one call and all-gathers the updated shards in one call.
+// reduce-scatters it in one call and all-gathers the updated shards in one call; on a group of
+// one rank neither stage calls anything or copies.
 #pragma once
 
 #include <torch/torch.h>

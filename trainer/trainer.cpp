@@ -83,6 +83,16 @@ Trainer::Trainer(const Config& cfg,
   peak_flops_ =
       measure_matmul_flops(cfg_.train.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32,
                            device_.is_cpu() ? 512 : 8192, device_.is_cpu() ? 0.2 : 0.5, device_);
+  if (cfg_.train.dtype == "bf16" && device_.is_cpu()) {
+    // CPUs without bf16 units (no AVX512-BF16 / AMX) run bf16 matmuls through a slow path.
+    const double fp32 = measure_matmul_flops(torch::kFloat32, 512, 0.2, device_);
+    if (fp32 > peak_flops_ && world_.rank() == 0) {
+      std::fprintf(stderr,
+                   "warning: train.dtype bf16 on this CPU: bf16 matmul %.1f GFLOP/s against fp32 "
+                   "%.1f GFLOP/s (no bf16 units): training in bf16 will be slower than fp32\n",
+                   peak_flops_ / 1e9, fp32 / 1e9);
+    }
+  }
 }
 
 void Trainer::reset_routing_stats(bool log_interval) {
@@ -164,7 +174,7 @@ void Trainer::update_router_bias(int64_t step, std::vector<torch::Tensor>& loads
   loads.clear();
   if (model_->moe_layers().empty()) return;
   auto all = world_.to_device(model::expert_load(*model_).to(torch::kFloat64));
-  mesh_.dp().all_reduce(all, parallel::ReduceOp::kSum);
+  if (mesh_.dp_size() > 1) mesh_.dp().all_reduce(all, parallel::ReduceOp::kSum);
   all = world_.to_cpu(all);
   const auto& m = cfg_.model;
   const bool update = m.router_bias && m.bias_update_rate > 0 &&

@@ -168,6 +168,15 @@ TEST(ReduceGradients, Zero0OnOneRankCallsNothing) {
   EXPECT_TRUE(comm.calls.empty());
 }
 
+TEST(ReduceGradients, Zero1OnOneRankCallsNothingAndReturnsTheBuffer) {
+  ShardPlan plan({5, 4}, 1, 0, true);
+  auto flat = torch::randn({9});
+  ReplicaCommunicator comm(1, 0);
+  auto out = reduce_gradients(flat, plan, comm);
+  EXPECT_EQ(out.data_ptr(), flat.data_ptr());  // no copy either
+  EXPECT_TRUE(comm.calls.empty());
+}
+
 TEST(ReduceGradients, Zero1ReduceScattersIntoTheOwnedShard) {
   ShardPlan plan({7, 6}, 4, 2, true);  // 13 padded to 16, rank 2 owns [8, 12)
   auto flat = torch::randn({16});

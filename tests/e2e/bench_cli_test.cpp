@@ -1,0 +1,73 @@
+// `condensa bench train` through the built binary: a timed run of a tiny config that prints a
+// parseable result, writes nothing into run.dir, and rejects bad arguments; `--profile` writes a
+// Chrome trace with the step's operators.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "tests/support/test_util.h"
+
+using namespace condensa::testing;
+namespace fs = std::filesystem;
+
+namespace {
+nlohmann::json last_json_line(const std::string& out) {
+  std::istringstream in(out);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (line.rfind("{\"bench\"", 0) == 0) last = line;
+  }
+  return last.empty() ? nlohmann::json() : nlohmann::json::parse(last);
+}
+}  // namespace
+
+TEST(BenchCli, TrainPrintsThroughputAndWritesNothing) {
+  TempDir dir;
+  const auto run_dir = dir.path() / "run";
+  auto r = run_condensa("bench train --config " + source_path("configs/tiny.yaml") +
+                        " --steps 3 --warmup 1 --set run.dir=" + run_dir.string() +
+                        " --set run.threads=1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto j = last_json_line(r.output);
+  ASSERT_FALSE(j.is_null()) << r.output;
+  EXPECT_GT(j["tokens_per_s"].get<double>(), 0) << r.output;
+  EXPECT_GT(j["step_ms"].get<double>(), 0) << r.output;
+  // tokens/s and step time describe the same median step.
+  EXPECT_NEAR(j["tokens_per_s"].get<double>() * j["step_ms"].get<double>() / 1e3, 4 * 32,
+              1e-3 * 128)
+      << r.output;
+  EXPECT_GT(j["mfu"].get<double>(), 0) << r.output;
+  EXPECT_GT(j["flops_per_token"].get<double>(), 0) << r.output;
+  EXPECT_EQ(j["dtype"], "fp32");
+  EXPECT_FALSE(fs::exists(run_dir)) << "bench train wrote into run.dir";
+  EXPECT_NE(r.output.find("3 timed steps after 1 warm-up"), std::string::npos) << r.output;
+}
+
+TEST(BenchCli, TrainRejectsBadStepsAndWritesProfile) {
+  auto bad =
+      run_condensa("bench train --config " + source_path("configs/tiny.yaml") + " --steps 0");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--steps"), std::string::npos) << bad.output;
+  auto none = run_condensa("bench train --steps 2");
+  EXPECT_EQ(none.exit_code, 2) << none.output;
+
+  TempDir dir;
+  const auto trace = dir.path() / "trace.json";
+  auto r = run_condensa("bench train --config " + source_path("configs/tiny.yaml") +
+                        " --steps 1 --warmup 0 --set run.threads=1 --profile " + trace.string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(fs::exists(trace)) << r.output;
+  std::ifstream in(trace);
+  auto t = nlohmann::json::parse(in);
+  bool saw_mm = false, saw_adamw = false;
+  for (const auto& e : t["traceEvents"]) {
+    const auto name = e.value("name", std::string());
+    saw_mm |= name == "aten::mm";
+    saw_adamw |= name == "aten::_fused_adamw_";
+  }
+  EXPECT_TRUE(saw_mm);
+  EXPECT_TRUE(saw_adamw);
+}
