@@ -124,7 +124,9 @@ torch::Tensor Trainer::forward_backward(int64_t step) {
   optim_->zero_grad();
   for (int64_t micro = 0; micro < num_micro; ++micro) {
     auto batch = data_->batch(data::Split::kTrain, step, first_row + micro * mb, mb);
-    auto tokens = batch.tokens.to(device_);
+    // To a GPU: from pinned host memory, without waiting for the copy.
+    auto tokens = device_.is_cpu() ? batch.tokens
+                                   : batch.tokens.pin_memory().to(device_, /*non_blocking=*/true);
     const int64_t S = tokens.size(1) - 1;
     auto inputs = tokens.narrow(1, 0, S), targets = tokens.narrow(1, 1, S);
     model::ModelOutput out;

@@ -10,11 +10,11 @@ shared="${1:?usage: tests/bench/gpu.sh SHARED_DIR}"
 out="${OUT:-/tmp/gpu-out}"
 mkdir -p "$out"
 t0=$(date +%s)
-bash .device/build.sh condensa condensa_tests >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+bash .device/build.sh condensa condensa_unit_tests >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 source /tmp/b/env.sh
 echo "build: $(( $(date +%s) - t0 )) s"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-/tmp/b/condensa_tests --gtest_filter='GroupedExperts.*:FusedAttention.*:Router.ScoresStayFp32*' \
+/tmp/b/condensa_unit_tests --gtest_filter='GroupedExperts.*:FusedAttention.*:Router.ScoresStayFp32*' \
   >"$out/cuda-tests.log" 2>&1
 echo "CUDA tests: $(grep -E '^\[  (PASSED|FAILED)' "$out/cuda-tests.log" | tr '\n' ' ')"
 cfg="$shared/gpu/gpu-bench.yaml"

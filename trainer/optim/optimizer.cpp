@@ -109,16 +109,16 @@ void Optimizer::reduce_gradients() {
 
 double Optimizer::clip_grad_norm(double max_norm) {
   torch::NoGradGuard no_grad;
-  double total_sq = 0.0;
+  torch::Tensor total = torch::zeros({1}, torch::kFloat64);
   for (auto& g : groups_) {
     // The norm in the gradient's dtype (cascade summation; no fp64 copy of every gradient),
     // squared and summed across groups and ranks in fp64.
     auto sq = torch::linalg_vector_norm(g.grad_shard, 2).to(torch::kFloat64).pow(2).reshape({1});
     parallel::sum_owned_partials(sq, g.plan, *g.spec.reduce_comm);
     if (g.spec.norm_comm && g.spec.norm_comm->size() > 1) g.spec.norm_comm->all_reduce(sq);
-    total_sq += sq.item<double>();
+    total = total.to(sq.device()) + sq;
   }
-  const double norm = std::sqrt(total_sq);
+  const double norm = std::sqrt(total.item<double>());  // the norm's one host read
   if (max_norm > 0 && norm > max_norm) {
     const double scale = max_norm / (norm + 1e-6);
     for (auto& g : groups_) g.grad_shard.mul_(scale);
