@@ -1,0 +1,193 @@
+// The `cpu` hardware profile, measured: matmuls at the model's own shapes (forward, input- and
+// weight-gradient products of every projection, timed like `condensa bench matmul`), the
+// unfused attention's batched matmuls, an elementwise kernel at the activation size, and the
+// all-to-all at the size of one MoE dispatch (like `condensa bench alltoall`).
+#include <sys/sysinfo.h>
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
+#include "common/error.h"
+#include "common/matmul_peak.h"
+#include "parallel/communicator.h"
+#include "trainer/config/schema.h"
+#include "trainer/plan/hardware.h"
+
+namespace condensa::trainer::plan {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Seconds per call of fn, timed for about `seconds` after one warm-up call.
+template <class Fn>
+double time_per_call(Fn&& fn, double seconds) {
+  fn();
+  int64_t calls = 0;
+  const auto t0 = Clock::now();
+  double elapsed = 0;
+  do {
+    fn();
+    ++calls;
+    elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+  } while (elapsed < seconds);
+  return elapsed / static_cast<double>(calls);
+}
+
+// Seconds of the three products of a [rows, in] x [in, out] projection in training: forward,
+// input gradient ([rows, out] x [out, in]) and weight gradient ([in, rows] x [rows, out]).
+double projection_seconds(
+    int64_t rows, int64_t in, int64_t out, torch::ScalarType dtype, double s) {
+  auto x = torch::randn({rows, in}).to(dtype), w = torch::randn({in, out}).to(dtype);
+  auto g = torch::randn({rows, out}).to(dtype);
+  auto wt = w.t().contiguous(), xt = x.t().contiguous();
+  return time_per_call([&] { return torch::matmul(x, w); }, s) +
+         time_per_call([&] { return torch::matmul(g, wt); }, s) +
+         time_per_call([&] { return torch::matmul(xt, g); }, s);
+}
+
+}  // namespace
+
+HardwareProfile measure_cpu_profile(const Config& config,
+                                    parallel::Communicator& comm,
+                                    const CpuMeasureOptions& options) {
+  torch::NoGradGuard no_grad;
+  const auto& m = config.model;
+  const auto dtype = config.train.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  const double secs = options.seconds_per_shape;
+  const int64_t ranks = std::max<int64_t>(1, options.ranks_per_node);
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  at::set_num_threads(static_cast<int>(std::max<int64_t>(1, cores / ranks)));
+  torch::manual_seed(7 + comm.rank());
+
+  HardwareProfile h;
+  h.name = "cpu";
+  h.fused_attention = true;  // model.attention_impl sdpa; explicit sets it false below
+  h.ranks_per_node = std::max<int64_t>(ranks, comm.size());
+  // NOTE: every rank measures each kernel at the same time (a barrier before each), so the
+  // rates include the sharing of cores, caches and memory bandwidth a training step sees.
+  // The same peak the trainer's MFU divides by: a 512 x 512 matmul in the compute dtype.
+  comm.barrier();
+  h.peak_flops = measure_matmul_flops(dtype, 512, std::max(0.2, 4 * secs));
+
+  // Matmul rate at the model's shapes for one micro-batch, FLOP-weighted by how often each
+  // product occurs in the model: attention projections per layer, the dense MLPs, the experts
+  // (each rank runs num_routed_experts / ep experts of ep x tokens x top_k / num_routed_experts
+  // rows) and the LM head.
+  const int64_t T = config.train.micro_batch_size * config.train.seq_len;
+  const int64_t D = m.hidden_size, H = m.num_heads, I = m.moe_intermediate_size;
+  const int64_t ep = config.parallel.expert_parallel, E = m.num_routed_experts;
+  const int64_t blocks = m.num_layers + m.mtp_depth;
+  int64_t moe_blocks = 0;
+  for (int64_t l = 0; l < blocks; ++l) moe_blocks += m.is_moe_layer(l) ? 1 : 0;
+  struct Product {
+    int64_t rows, in, out;
+    double count;  // per rank per micro-batch
+  };
+  std::vector<Product> products = {
+      {T, D, m.kv_lora_rank + m.qk_rope_head_dim, double(blocks)},
+      {T, m.kv_lora_rank, H * (m.qk_nope_head_dim + m.v_head_dim), double(blocks)},
+      {T, H * m.v_head_dim, D, double(blocks)},
+      {T, D, m.vocab_size, double(1 + m.mtp_depth)},
+      {T, D, 2 * m.intermediate_size, double(blocks - moe_blocks)},
+      {T, m.intermediate_size, D, double(blocks - moe_blocks)},
+      {T, D, 2 * I, double(moe_blocks * m.num_shared_experts)},
+      {T, I, D, double(moe_blocks * m.num_shared_experts)}};
+  if (m.q_lora_rank > 0) {
+    products.push_back({T, D, m.q_lora_rank, double(blocks)});
+    products.push_back({T, m.q_lora_rank, H * m.qk_head_dim(), double(blocks)});
+  } else {
+    products.push_back({T, D, H * m.qk_head_dim(), double(blocks)});
+  }
+  const int64_t expert_rows = std::max<int64_t>(1, ep * T * m.top_k / E);
+  products.push_back({expert_rows, D, 2 * I, double(moe_blocks * E / ep)});
+  products.push_back({expert_rows, I, D, double(moe_blocks * E / ep)});
+  double flops = 0, seconds = 0;
+  for (const auto& p : products) {
+    if (p.count == 0) continue;
+    comm.barrier();
+    flops += p.count * 6.0 * p.rows * p.in * p.out;
+    seconds += p.count * projection_seconds(p.rows, p.in, p.out, dtype, secs);
+  }
+  // NOTE: not clamped: the model's shapes may run faster than the 512 x 512 reference.
+  h.gemm_efficiency = flops / seconds / h.peak_flops;
+
+  // Attention core, as the model runs it. sdpa: the fused kernel (causal; v padded to the qk
+  // head dim on CPU, as model/layers.cpp does), forward and backward timed together against
+  // the 3 x causal forward FLOPs the model counts. explicit: the batched score and value
+  // products over the full S x S, credited with the causal half; the softmax and masking
+  // passes are memory-bound traffic in the plan (fused_attention = false).
+  {
+    const int64_t B = config.train.micro_batch_size, S = config.train.seq_len;
+    const int64_t qk = m.qk_head_dim(), dv = m.v_head_dim;
+    const double causal_flops = 2.0 * B * H * S * S * (qk + dv) / 2;
+    comm.barrier();
+    if (m.attention_impl == "sdpa") {
+      torch::AutoGradMode grad(true);
+      auto q = torch::randn({B, H, S, qk}).to(dtype).requires_grad_();
+      auto k = torch::randn({B, H, S, qk}).to(dtype).requires_grad_();
+      auto v = torch::randn({B, H, S, std::max(qk, dv)}).to(dtype).requires_grad_();
+      auto g = torch::randn({B, H, S, std::max(qk, dv)}).to(dtype);
+      const double t = time_per_call(
+          [&] {
+            auto out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+            out.backward(g);
+          },
+          2 * secs);
+      h.attention_efficiency = 3 * causal_flops / t / h.peak_flops;
+    } else {
+      h.fused_attention = false;
+      auto q = torch::randn({B * H, S, qk}).to(dtype), k = torch::randn({B * H, qk, S}).to(dtype);
+      auto p = torch::randn({B * H, S, S}).to(dtype), v = torch::randn({B * H, S, dv}).to(dtype);
+      const double t = time_per_call([&] { return torch::bmm(q, k); }, secs) +
+                       time_per_call([&] { return torch::bmm(p, v); }, secs);
+      h.attention_efficiency = causal_flops / t / h.peak_flops;
+    }
+  }
+
+  // Memory-bound kernels: an elementwise add at the size of one activation tensor, as the
+  // trainer's ops run it (allocation and dispatch included).
+  {
+    auto x = torch::randn({T, D}).to(dtype), y = torch::randn({T, D}).to(dtype);
+    comm.barrier();
+    const double t = time_per_call([&] { return x + y; }, secs);
+    h.memory_bandwidth = 3.0 * x.numel() * x.element_size() / t;
+  }
+
+  // All-to-all at the size of one MoE dispatch of this rank (tokens x top_k rows of D).
+  const int64_t n = comm.size();
+  if (n > 1) {
+    const int64_t rows = std::max<int64_t>(n, T * m.top_k) / n;
+    auto in = torch::randn({rows * n, D}).to(dtype);
+    auto out = torch::empty_like(in);
+    std::vector<int64_t> counts(n, rows);
+    comm.barrier();
+    double t = time_per_call([&] { comm.all_to_all(in, counts, out, counts); }, 4 * secs);
+    auto slowest = torch::tensor({t}, torch::kFloat64);
+    comm.all_reduce(slowest, parallel::ReduceOp::kMax);
+    t = slowest.item<double>();
+    // Bytes to other ranks per second (nccl-tests' busbw).
+    h.intra_node_bandwidth = in.numel() * in.element_size() * (n - 1.0) / n / t;
+    h.notes.push_back(
+        str("all-to-all measured over ", n, " ranks at ", rows * n * D, " elements per rank"));
+  } else {
+    // One process: a copy into and out of the shared-memory transport (two passes of a copy).
+    auto big = torch::randn({1 << 22}).to(dtype);
+    auto dst = torch::empty_like(big);
+    const double t = time_per_call([&] { dst.copy_(big); }, secs);
+    h.intra_node_bandwidth = big.numel() * big.element_size() / t / 2;
+    h.notes.push_back(
+        "all-to-all estimated as half the copy bandwidth (one process; run "
+        "`plan` under mpirun with the planned ranks to measure it)");
+  }
+  h.inter_node_bandwidth = h.intra_node_bandwidth;
+  struct sysinfo info {};
+  sysinfo(&info);
+  h.memory_bytes = static_cast<double>(info.totalram) * info.mem_unit / ranks;
+  h.notes.push_back(str("measured on this machine: ", at::get_num_threads(), " threads per rank, ",
+                        ranks, " ranks per node, ", config.train.dtype));
+  return h;
+}
+
+}  // namespace condensa::trainer::plan
