@@ -24,7 +24,7 @@ const Command kCommands[] = {
     {"export", condensa::trainer::export_command, "write a Hugging Face DeepseekV3 directory"},
     {"import", condensa::trainer::import_command,
      "make a checkpoint from a Hugging Face directory"},
-    {"plan", condensa::trainer::plan_command, "parameter counts and memory of a config"},
+    {"plan", condensa::trainer::plan_command, "parameter counts, memory, communication, time and cost of a layout"},
     {"bench", condensa::trainer::bench_command, "micro-benchmarks (matmul, alltoall, moe)"},
 };
 
