@@ -248,7 +248,9 @@ TEST(Plan, CompareSortsByCostFittingFirstAndSaysWhatItSkipped) {
   for (size_t i = 1; i < cmp.plans.size(); ++i) {
     const auto &a = cmp.plans[i - 1], &b = cmp.plans[i];
     EXPECT_TRUE(a.fits >= b.fits);
-    if (a.fits == b.fits) EXPECT_LE(a.gpu_hours_per_trillion, b.gpu_hours_per_trillion);
+    if (a.fits == b.fits) {
+      EXPECT_LE(a.gpu_hours_per_trillion, b.gpu_hours_per_trillion);
+    }
   }
   EXPECT_TRUE(std::any_of(cmp.plans.begin(), cmp.plans.end(), [](auto& p) { return p.fits; }));
   EXPECT_TRUE(std::any_of(cmp.plans.begin(), cmp.plans.end(), [](auto& p) { return !p.fits; }));
