@@ -317,4 +317,12 @@ TEST(Plan, ProfileFilesAreCheckedKeyByKey) {
   EXPECT_NE(error_of(good + "usable_memory: lots\n").find("usable_memory = 'lots'"),
             std::string::npos);
   EXPECT_NE(error_of(good).find("no error"), std::string::npos);
+  // The shipped what-if profile parses; its FP8 matmuls make DeepSeek-V3 cheaper than bf16.
+  const HardwareProfile fp8 = load_profile(source_path("configs/hardware/h800-fp8.yaml"));
+  EXPECT_EQ(fp8.name, "h800-fp8");
+  PlanOptions o;
+  o.schedule = Schedule::kDualPipe;
+  Config c = load("configs/deepseek-v3-671b.yaml");
+  EXPECT_LT(make_plan(c, 2048, fp8, o).gpu_hours_per_trillion,
+            make_plan(c, 2048, builtin_profile("h800"), o).gpu_hours_per_trillion);
 }
