@@ -36,6 +36,13 @@ void train(const fs::path& run_dir, const std::string& extra) {
 
 nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(std::ifstream(p)); }
 
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 double eval_loss(const fs::path& checkpoint, const fs::path& text) {
   auto e = run_condensa("eval --checkpoint " + checkpoint.string() + " --data " + text.string() +
                         " --json --seq-len 16");
@@ -270,6 +277,72 @@ TEST(Interop, TransformersRoutingDifferences) {
             std::string::npos);
 }
 
+namespace {
+
+// A vocab-300 model (the byte tokenizer has 259 ids) whose head makes `lm_head_rows` the
+// only non-zero logit rows, written as a condensa export and imported into `out`.
+void import_with_head(const TempDir& dir,
+                      const fs::path& out,
+                      const std::map<int64_t, float>& lm_head_rows) {
+  const auto run = dir.path() / "run";
+  if (!fs::exists(run)) {
+    ASSERT_NO_FATAL_FAILURE(train(run, "--set model.vocab_size=300"));
+  }
+  auto loaded = condensa::trainer::load_model_for_inference(run.string());
+  auto tensors = condensa::trainer::load_global_model_tensors(loaded.dir);
+  for (auto& [name, t] : tensors) {
+    if (name != "lm_head.weight") continue;
+    ASSERT_EQ(t.size(0), 300);
+    auto u = torch::randn({t.size(1)});
+    t.zero_();
+    for (auto [row, scale] : lm_head_rows) t[row].copy_(u * scale);
+  }
+  const auto hf = out.string() + "-hf";
+  condensa::trainer::write_hf_directory(hf, loaded.config.model, tensors, {});
+  auto i = run_condensa("import --hf " + hf + " --out " + out.string());
+  ASSERT_EQ(i.exit_code, 0) << i.output;
+}
+
+}  // namespace
+
+TEST(Interop, GenerateWritesRawBytes) {
+  TempDir dir;
+  const auto run = dir.path() / "nul";
+  // A zero head: every logit is 0, so greedy decoding picks id 0, the NUL byte, every time.
+  ASSERT_NO_FATAL_FAILURE(import_with_head(dir, run, {}));
+  const std::string args =
+      "generate --checkpoint " + run.string() + " --prompt ab --max-new-tokens 6 --temperature 0";
+  auto text = run_condensa(args);
+  ASSERT_EQ(text.exit_code, 0) << text.output;
+  EXPECT_EQ(text.output, std::string("ab") + std::string(6, '\0') + "\n");
+  auto ids = run_condensa(args + " --ids");
+  ASSERT_EQ(ids.exit_code, 0) << ids.output;
+  EXPECT_EQ(ids.output, "256 97 98 0 0 0 0 0 0\n");
+}
+
+TEST(Interop, GenerateNeverSamplesIdsBeyondTheTokenizer) {
+  TempDir dir;
+  const auto run = dir.path() / "padded";
+  // Rows 288 and 289 are +u and -u: one of them beats every id the tokenizer has, always.
+  ASSERT_NO_FATAL_FAILURE(import_with_head(dir, run, {{288, 100.0f}, {289, -100.0f}}));
+  for (const char* sampling : {"--temperature 0", "--temperature 1 --seed 3"}) {
+    auto g = run_condensa("generate --checkpoint " + run.string() +
+                          " --prompt ab --max-new-tokens 8 --ids " + sampling);
+    ASSERT_EQ(g.exit_code, 0) << g.output;
+    std::istringstream in(g.output);
+    int64_t id, count = 0;
+    while (in >> id) {
+      EXPECT_LT(id, 259) << g.output;
+      ++count;
+    }
+    // Greedy picks id 0 (all allowed logits are 0) every time; sampling may stop at EOS.
+    if (std::string(sampling) == "--temperature 0") {
+      EXPECT_EQ(count, 3 + 8) << g.output;
+    }
+    EXPECT_GE(count, 3 + 1) << g.output;
+  }
+}
+
 TEST(Interop, ImportRefusesAForeignVocabularyLargerThanTheTokenizer) {
   TempDir dir;
   const auto out = dir.path() / "foreign";
@@ -287,6 +360,58 @@ TEST(Interop, ImportRefusesAForeignVocabularyLargerThanTheTokenizer) {
             std::string::npos)
       << i.output;
   EXPECT_FALSE(fs::exists(out));
+}
+
+TEST(Interop, EvalPerTokenMatchesAnIndependentLoop) {
+  TempDir dir;
+  ASSERT_NO_FATAL_FAILURE(train(dir.path(), ""));
+  std::ofstream(dir.path() / "text.txt") << kText;
+  const auto file = dir.path() / "nll.tsv";
+  constexpr int64_t kSeqLen = 16;
+  auto e = run_condensa("eval --checkpoint " + dir.str() + " --data " +
+                        (dir.path() / "text.txt").string() + " --json --seq-len " +
+                        std::to_string(kSeqLen) + " --per-token " + file.string());
+  ASSERT_EQ(e.exit_code, 0) << e.output;
+  const auto j = nlohmann::json::parse(e.output.substr(e.output.find('{')));
+
+  // Reference: BOS text EOS; token i (i >= 1) is predicted by the window starting at
+  // kSeqLen * floor((i - 1) / kSeqLen), from the inputs before it.
+  std::vector<int64_t> ids{kBos};
+  for (unsigned char c : std::string(kText)) ids.push_back(c);
+  ids.push_back(kEos);
+  auto loaded = condensa::trainer::load_model_for_inference(dir.str());
+  torch::NoGradGuard no_grad;
+  std::istringstream in(read_text(file));
+  std::string header;
+  std::getline(in, header);
+  EXPECT_EQ(header, "position\ttoken\tnll");
+  double sum = 0;
+  size_t rows = 0;
+  for (size_t i = 1; i < ids.size(); ++i) {
+    int64_t position, token;
+    double nll;
+    ASSERT_TRUE(in >> position >> token >> nll) << "row " << i;
+    EXPECT_EQ(position, static_cast<int64_t>(i));
+    EXPECT_EQ(token, ids[i]);
+    const size_t start = (i - 1) / kSeqLen * kSeqLen;
+    auto inputs = torch::tensor(std::vector<int64_t>(ids.begin() + start, ids.begin() + i));
+    auto row_V = loaded.model->forward(inputs.unsqueeze(0)).logits_BSV[0][-1].to(torch::kFloat64);
+    const double want = (torch::logsumexp(row_V, 0) - row_V[ids[i]]).item<double>();
+    EXPECT_NEAR(nll, want, 1e-5 * std::max(1.0, want)) << "position " << i;
+    sum += nll;
+    ++rows;
+  }
+  int64_t extra;
+  EXPECT_FALSE(in >> extra) << "more rows than targets";
+  EXPECT_EQ(static_cast<int64_t>(rows), j["tokens"].get<int64_t>());
+  EXPECT_NEAR(sum / rows, j["loss"].get<double>(), 1e-6 * j["loss"].get<double>());
+}
+
+TEST(Interop, HelpSaysHowTextIsWrapped) {
+  auto e = run_condensa("eval --help");
+  EXPECT_NE(e.output.find("wrapped in BOS ... EOS"), std::string::npos) << e.output;
+  auto g = run_condensa("generate --help");
+  EXPECT_NE(g.output.find("BOS followed by TEXT's tokens"), std::string::npos) << g.output;
 }
 
 // In-process checks of the config keys and tensor lists (trainer/interop/hf.h) against
