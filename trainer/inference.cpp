@@ -54,8 +54,10 @@ LoadedModel load_model_for_inference(const std::string& path) {
 EvalResult evaluate_tokens(model::TransformerImpl& model,
                            const std::vector<int64_t>& tokens,
                            int64_t seq_len,
-                           int64_t max_windows) {
+                           int64_t max_windows,
+                           std::vector<double>* nll) {
   torch::NoGradGuard no_grad;
+  if (nll) nll->clear();
   EvalResult r;
   double sum = 0;
   for (int64_t start = 0; start + 1 < static_cast<int64_t>(tokens.size()); start += seq_len) {
@@ -65,10 +67,14 @@ EvalResult evaluate_tokens(model::TransformerImpl& model,
     auto t = torch::tensor(std::vector<int64_t>(tokens.begin() + start, tokens.begin() + start + n))
                  .unsqueeze(0);
     auto out = model.forward(t.narrow(1, 0, n - 1));
-    auto loss = torch::nn::functional::cross_entropy(
+    auto loss_S = torch::nn::functional::cross_entropy(
         out.logits_BSV.reshape({-1, out.logits_BSV.size(-1)}), t.narrow(1, 1, n - 1).reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
-    sum += loss.item<double>();
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    sum += loss_S.sum().item<double>();
+    if (nll) {
+      auto l = loss_S.to(torch::kFloat64).contiguous();
+      nll->insert(nll->end(), l.data_ptr<double>(), l.data_ptr<double>() + l.numel());
+    }
     r.tokens += n - 1;
     ++r.windows;
   }
@@ -103,6 +109,9 @@ std::vector<int64_t> generate(model::TransformerImpl& model,
       logits = model.forward(torch::tensor(all).unsqueeze(0)).logits_BSV[0][-1];
     }
     if (step_logits) step_logits->push_back(logits.clone());
+    if (opt.num_sampled_ids > 0 && opt.num_sampled_ids < logits.size(0)) {
+      logits = logits.narrow(0, 0, opt.num_sampled_ids);
+    }
     int64_t next;
     if (opt.temperature <= 0) {
       next = logits.argmax().item<int64_t>();

@@ -30,11 +30,14 @@ struct EvalResult {
   double loss = 0, perplexity = 0;
   int64_t tokens = 0, windows = 0;
 };
-// Mean next-token loss over non-overlapping windows of seq_len+1 tokens of `tokens`.
+// Mean next-token loss over non-overlapping windows of seq_len+1 tokens of `tokens`. When
+// `nll` is not null, it receives the loss of each target, in order: entry i is the loss of
+// tokens[i + 1] (windows of seq_len inputs start every seq_len tokens, so each target once).
 EvalResult evaluate_tokens(model::TransformerImpl& model,
                            const std::vector<int64_t>& tokens,
                            int64_t seq_len,
-                           int64_t max_windows);
+                           int64_t max_windows,
+                           std::vector<double>* nll = nullptr);
 
 struct GenerateOptions {
   int64_t max_new_tokens = 64;
@@ -43,6 +46,9 @@ struct GenerateOptions {
   uint64_t seed = 0;
   bool use_cache = true;  // false recomputes the whole prefix each token (reference)
   int64_t stop_token = -1;
+  // Sample only ids below this: the tokenizer's vocabulary, when the model's is padded beyond
+  // it (those ids have no text). 0 = every id of the model.
+  int64_t num_sampled_ids = 0;
 };
 // Returns the generated ids (without the prompt). Logits of each step go to *step_logits.
 std::vector<int64_t> generate(model::TransformerImpl& model,

@@ -14,10 +14,15 @@ namespace {
 
 const char* kGenerateHelp =
     R"(usage: condensa generate --checkpoint DIR --prompt TEXT [--max-new-tokens N]
-                         [--temperature T] [--top-k K] [--seed S] [--no-cache]
+                         [--temperature T] [--top-k K] [--seed S] [--no-cache] [--ids]
 
-Samples a continuation of TEXT with the model's KV cache (the compressed MLA latent).
---temperature 0 is greedy decoding. Generation stops at the end-of-document token.
+Samples a continuation of TEXT with the model's KV cache (the compressed MLA latent). The
+model sees BOS followed by TEXT's tokens (the checkpoint's tokenizer). --temperature 0 is
+greedy decoding. Generation stops at the end-of-document token (EOS), which is not printed.
+Only ids of the tokenizer's vocabulary are sampled (a padded model vocabulary has more).
+Prints TEXT and the continuation as raw bytes (any byte, NUL included) and a newline; --ids
+prints the token ids instead, space-separated: BOS, TEXT's, then the generated ones (EOS
+included when generated).
 )";
 
 }  // namespace
@@ -25,7 +30,7 @@ Samples a continuation of TEXT with the model's KV cache (the compressed MLA lat
 int generate_command(const Args& args) {
   auto a = parse_args(
       args, {"--checkpoint", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--seed"},
-      {"--no-cache"});
+      {"--no-cache", "--ids"});
   if (a.help) return std::fputs(kGenerateHelp, stdout), 0;
   CONDENSA_CHECK(a.has("--checkpoint"), ConfigError, "generate needs --checkpoint (see --help)");
   auto loaded = load_model_for_inference(a.get("--checkpoint"));
@@ -37,6 +42,7 @@ int generate_command(const Args& args) {
   opt.seed = static_cast<uint64_t>(a.get_int("--seed", 0));
   opt.use_cache = !a.has("--no-cache");
   opt.stop_token = tok->eos_id();
+  opt.num_sampled_ids = tok->vocab_size();
   CONDENSA_CHECK(opt.max_new_tokens >= 0, ConfigError, "--max-new-tokens ", opt.max_new_tokens,
                  " must be >= 0");
   CONDENSA_CHECK(opt.temperature >= 0, ConfigError, "--temperature ", opt.temperature,
@@ -44,9 +50,19 @@ int generate_command(const Args& args) {
   std::vector<int64_t> prompt{tok->bos_id()};
   for (auto id : tok->encode(a.get("--prompt"))) prompt.push_back(id);
   auto ids = generate(*loaded.model, prompt, opt);
-  std::vector<int32_t> out(ids.begin(), ids.end());
-  if (!out.empty() && out.back() == tok->eos_id()) out.pop_back();
-  std::printf("%s%s\n", a.get("--prompt").c_str(), tok->decode(out).c_str());
+  std::string text;
+  if (a.has("--ids")) {
+    for (auto id : prompt) text += std::to_string(id) + " ";
+    for (auto id : ids) text += std::to_string(id) + " ";
+    text.back() = '\n';
+  } else {
+    std::vector<int32_t> out(ids.begin(), ids.end());
+    if (!out.empty() && out.back() == tok->eos_id()) out.pop_back();
+    // Raw bytes: the text may hold any byte, NUL included.
+    text = a.get("--prompt") + tok->decode(out) + "\n";
+  }
+  CONDENSA_CHECK(std::fwrite(text.data(), 1, text.size(), stdout) == text.size(), IoError,
+                 "generate: cannot write to stdout");
   return 0;
 }
 
