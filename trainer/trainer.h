@@ -11,6 +11,7 @@
 #include <atomic>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "data/sampler.h"
@@ -56,8 +57,11 @@ class Trainer {
   struct StepResult {
     StepStats stats;  // averaged over data-parallel ranks
     double grad_norm = 0, lr = 0;
+    bool applied = true;  // false: non-finite loss or gradient norm, update skipped
   };
-  // One optimizer step: micro-batches, gradient reduction, clip, AdamW, bias update.
+  // One optimizer step: micro-batches, gradient reduction, clip, then (unless the loss or the
+  // global gradient norm is not finite, decided identically on every rank) AdamW and the bias
+  // update.
   StepResult train_step(int64_t step, std::vector<torch::Tensor>& global_loads);
   // Forward and backward of this rank's micro-batches: [loss, mtp, aux] sums on the device.
   torch::Tensor forward_backward(int64_t step);
@@ -69,6 +73,18 @@ class Trainer {
   double validation_loss();
   std::string save(int64_t step);
   int64_t resume();
+  // checkpoint.resume: none in a run.dir that already holds a run: refused unless run.overwrite,
+  // which deletes that run's checkpoints and metrics first (rank 0 decides, every rank throws).
+  void start_fresh();
+  // The checkpoint's config against ours (trainer/checkpoint/resume_rules.h); prints the notes.
+  void check_resumed_config(const nlohmann::json& meta, const std::string& dir);
+  // Averages the step's losses over data parallel and returns whether the step may be applied:
+  // false when any rank's loss or the global gradient norm is not finite, on every rank alike.
+  bool reduce_step_stats(const torch::Tensor& loss_sums, double grad_norm, StepStats* st);
+  // Records a step whose update was skipped; throws after train.max_skipped_steps in a row.
+  void skip_step(int64_t step, const StepStats& st, double grad_norm);
+  // Throws on every rank when `error` (rank 0's verdict) is not empty.
+  void throw_if_rank0_failed(const std::string& error, bool config_error);
   void log_step(int64_t step,
                 const StepStats& st,
                 double lr,
@@ -92,6 +108,7 @@ class Trainer {
   double train_seconds_ = 0;
   int64_t timed_steps_ = 0;
   std::string last_checkpoint_;
+  int64_t consecutive_skips_ = 0;
   std::vector<torch::Tensor> language_counts_;  // per MoE layer [languages, E], log interval
 };
 

@@ -21,6 +21,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kMetaFile = "meta.json";
+constexpr const char* kMetaChecksumFile = "meta.xxh64";  // "<xxh64>  meta.json", as xxhsum -H1
 constexpr const char* kLatestFile = "latest";
 constexpr const char* kTmpPrefix = ".tmp-";  // being written by the ranks
 constexpr const char* kOldPrefix = ".old-";  // a same-step checkpoint being replaced
@@ -76,10 +77,10 @@ nlohmann::json parse_json_file(const std::string& path) {
 void check_rank_file_name(const std::string& tmp_dir, int rank, const std::string& name) {
   const bool ok = !name.empty() && name != "." && name != ".." &&
                   name.find('/') == std::string::npos && name != kMetaFile &&
-                  !starts_with(name, "manifest-");
+                  name != kMetaChecksumFile && !starts_with(name, "manifest-");
   CONDENSA_CHECK(ok, CheckpointError, "rank ", rank, " cannot list '", name,
                  "' in its manifest in ", tmp_dir,
-                 ": files must be plain names other than meta.json and manifest-*");
+                 ": files must be plain names other than meta.json, meta.xxh64 and manifest-*");
 }
 
 // Reads rank r's manifest and adds its files (with "rank": r) to *files.
@@ -168,6 +169,68 @@ void prune_checkpoints(const fs::path& root, int keep, int64_t current_step) {
   }
 }
 
+// meta.json must hash to the value in meta.xxh64 (written with it at commit): an edited or
+// damaged meta.json would otherwise vouch for the files it lists.
+void verify_meta_checksum(const std::string& step_dir) {
+  const std::string sum_path = join(step_dir, kMetaChecksumFile);
+  std::error_code ec;
+  CONDENSA_CHECK(fs::is_regular_file(sum_path, ec), CheckpointError, "checkpoint ", step_dir,
+                 " has no ", kMetaChecksumFile, " (the checksum of meta.json)");
+  std::string recorded = read_file(sum_path);
+  recorded = recorded.substr(0, recorded.find_first_of(" \t\r\n"));
+  const std::string actual = checkpoint_checksum(join(step_dir, kMetaFile));
+  CONDENSA_CHECK(actual == recorded, CheckpointError, "checkpoint file ", join(step_dir, kMetaFile),
+                 " has xxh64 ", actual, ", expected ", recorded, " from ", kMetaChecksumFile,
+                 " (meta.json edited or corrupted?)");
+}
+
+// meta.json's "step" must be an integer equal to the step in the directory's name.
+void check_meta_step(const std::string& step_dir, const nlohmann::json& meta) {
+  const std::string meta_path = join(step_dir, kMetaFile);
+  const auto step = meta.value("step", nlohmann::json());
+  CONDENSA_CHECK(step.is_number_integer(), CheckpointError, meta_path,
+                 " has no integer step: ", step.dump());
+  const auto named = parse_step_dir_name(fs::path(step_dir).filename().string());
+  CONDENSA_CHECK(!named || *named == step.get<int64_t>(), CheckpointError, meta_path, " says step ",
+                 step.get<int64_t>(), " but its directory is step ", named.value_or(0));
+}
+
+// The tensor files of a checkpoint must be exactly those meta.json lists, and for a trainer
+// checkpoint (meta.json has "layout") the listed set must be what that layout writes: rank 0 writes
+// the dense model tensors and (once the optimizer has stepped) optimizer state; with ZeRO-1 every
+// rank writes its optimizer shard.
+void check_expected_files(const std::string& step_dir, const nlohmann::json& meta) {
+  const std::string meta_path = join(step_dir, kMetaFile);
+  const auto& files = meta["files"];
+  for (const auto& e : fs::directory_iterator(step_dir)) {
+    const std::string name = e.path().filename().string();
+    CONDENSA_CHECK(e.path().extension() != ".safetensors" || files.contains(name), CheckpointError,
+                   "checkpoint file ", e.path().string(), " is not listed in ", meta_path,
+                   " (meta.json edited, or a stray file?)");
+  }
+  if (!meta.contains("layout")) return;  // not written by the trainer (e.g. condensa import)
+  auto require = [&](const std::string& name, const std::string& why) {
+    CONDENSA_CHECK(files.contains(name), CheckpointError, meta_path, " does not list ", name,
+                   ", which ", why, " writes");
+  };
+  require(rank_file_name("model", 0), "rank 0");
+  const auto& layout = meta["layout"];
+  CONDENSA_CHECK(layout.is_object(), CheckpointError, meta_path,
+                 ": \"layout\" is not an object: ", layout.dump());
+  const int64_t world = layout.value("world", int64_t(1));
+  for (const auto& [name, entry] : files.items()) {
+    const int64_t rank = entry.value("rank", int64_t(0));
+    CONDENSA_CHECK(rank >= 0 && rank < world, CheckpointError, meta_path, ": file ", name,
+                   " is from rank ", rank, " but the layout has world ", world);
+  }
+  if (meta.value("optimizer_steps", int64_t(0)) <= 0) return;
+  const bool zero1 = layout.value("zero_stage", int64_t(0)) == 1;
+  for (int64_t r = 0; r < (zero1 ? world : 1); ++r) {
+    require(rank_file_name("optim", static_cast<int>(r)),
+            str("rank ", r, " (optimizer_steps ", meta["optimizer_steps"].dump(),
+                zero1 ? ", ZeRO-1" : "", ")"));
+  }
+}
 }  // namespace
 
 // ---- names -----------------------------------------------------------------------------------
@@ -273,7 +336,12 @@ std::string commit_checkpoint(const std::string& root,
   full["files"] = std::move(files);
   for (int r = 0; r < world_size; ++r) remove_all_or_throw(tmp / manifest_file_name(r));
   // NOTE: this also fsyncs tmp_dir, so every rank's files and their names are durable.
-  atomic_write_file(join(tmp, kMetaFile), full.dump(2) + "\n");
+  const std::string meta_text = full.dump(2) + "\n";
+  atomic_write_file(join(tmp, kMetaFile), meta_text);
+  Xxh64 meta_sum;
+  meta_sum.update(meta_text.data(), meta_text.size());
+  atomic_write_file(join(tmp, kMetaChecksumFile),
+                    hex64(meta_sum.digest()) + "  " + kMetaFile + "\n");
 
   // ---- publish: one rename makes the checkpoint visible ----
   const fs::path final_dir = fs::path(root) / name;
@@ -309,6 +377,8 @@ void verify_checkpoint(const std::string& step_dir) {
   CONDENSA_CHECK(version.get<int>() <= kCheckpointFormatVersion, CheckpointError, meta_path,
                  " has format_version ", version.get<int>(), " but this build reads up to ",
                  kCheckpointFormatVersion);
+  if (version.get<int>() >= 2) verify_meta_checksum(step_dir);
+  check_meta_step(step_dir, meta);
   CONDENSA_CHECK(meta.contains("files") && meta["files"].is_object(), CheckpointError, meta_path,
                  " has no \"files\" object");
   for (const auto& [name, entry] : meta["files"].items()) {
@@ -331,6 +401,16 @@ void verify_checkpoint(const std::string& step_dir) {
     CONDENSA_CHECK(actual_sum == expected_sum, CheckpointError, "checkpoint file ", path,
                    " has xxh64 ", actual_sum, ", expected ", expected_sum, " (corrupted?)");
   }
+  check_expected_files(step_dir, meta);
+}
+
+std::vector<std::string> list_checkpoint_dirs(const std::string& root) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return out;
+  for (const auto& [step, path] : list_step_dirs(root, /*require_meta=*/false))
+    out.push_back(path.string());
+  return out;
 }
 
 std::optional<std::string> find_latest_checkpoint(const std::string& root,
@@ -342,14 +422,20 @@ std::optional<std::string> find_latest_checkpoint(const std::string& root,
   if (!fs::is_directory(root, ec)) return std::nullopt;
   auto dirs = list_step_dirs(root, /*require_meta=*/false);
   std::optional<std::string> found;
+  std::string problems;  // what is wrong with each rejected checkpoint
   for (auto it = dirs.rbegin(); it != dirs.rend() && !found; ++it) {
     try {
       verify_checkpoint(it->second.string());
       found = it->second.string();
     } catch (const std::exception& e) {  // CheckpointError, or a malformed meta.json entry
       warn(str("skipping checkpoint ", it->second.string(), ": ", e.what()));
+      problems += str(problems.empty() ? "" : "; ", it->second.filename().string(), ": ", e.what());
     }
   }
+  // Starting over would silently discard the run: refuse, naming every problem.
+  CONDENSA_CHECK(found || dirs.empty(), CheckpointError, "none of the ", dirs.size(),
+                 " checkpoints in ", root, " is valid (", problems,
+                 "); repair or remove them, or resume from a copy with checkpoint.resume=PATH");
   const std::string latest_path = join(root, kLatestFile);
   if (fs::exists(latest_path, ec)) {
     std::string hint = read_file(latest_path);

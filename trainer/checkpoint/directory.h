@@ -23,8 +23,9 @@
 
 namespace condensa::trainer {
 
-// Bumped when meta.json or the directory layout changes incompatibly.
-inline constexpr int kCheckpointFormatVersion = 1;
+// Bumped when meta.json or the directory layout changes incompatibly. Version 2 added
+// meta.xxh64 (the checksum of meta.json itself); version 1 checkpoints are still read.
+inline constexpr int kCheckpointFormatVersion = 2;
 
 // "step_00001000" for 1000; at least 8 digits, so names sort like steps.
 std::string step_dir_name(int64_t step);
@@ -59,13 +60,20 @@ std::string commit_checkpoint(const std::string& root,
                               int world_size,
                               int keep);
 
-// Throws CheckpointError unless meta.json is readable and every file it lists exists with the
-// recorded size and checksum. The message names the file and expected vs actual values.
+// Throws CheckpointError unless meta.json matches its checksum in meta.xxh64 (format 2), its
+// "step" matches the directory name, every tensor file it lists exists with the recorded size
+// and checksum, no tensor file in the directory is unlisted, and the listed set is what the
+// saved layout writes (model-rank00000; with optimizer steps, optim-rank00000, and one optim
+// file per rank with ZeRO-1). The message names the file and expected vs actual values.
 void verify_checkpoint(const std::string& step_dir);
+
+// Step directories under `root` (any named step_XXXXXXXX, complete or not), oldest first.
+std::vector<std::string> list_checkpoint_dirs(const std::string& root);
 
 // The newest step directory under `root` that passes verify_checkpoint. Newer ones that fail
 // are skipped with a warning naming the bad file (appended to *warnings when not null), as is
-// a `latest` file that disagrees with the result. nullopt when there is none.
+// a `latest` file that disagrees with the result. nullopt when `root` holds no step directory;
+// CheckpointError listing what is wrong with each when it holds some and none is valid.
 std::optional<std::string> find_latest_checkpoint(const std::string& root,
                                                   std::vector<std::string>* warnings = nullptr);
 

@@ -44,6 +44,17 @@ std::vector<GlobalRange> to_global(const std::string& name,
   return out;
 }
 
+// Non-finite elements of the tensors every rank is about to save, summed over the world.
+int64_t count_non_finite(const NamedTensors& tensors, parallel::Communicator& world) {
+  int64_t local = 0;
+  for (const auto& [name, t] : tensors) {
+    if (t.is_floating_point()) local += t.numel() - torch::isfinite(t).sum().item<int64_t>();
+  }
+  auto total = world.to_device(torch::tensor({local}, torch::kInt64));
+  world.all_reduce(total, parallel::ReduceOp::kSum);
+  return world.to_cpu(total).item<int64_t>();
+}
+
 std::string piece_key(const std::string& name, int64_t start) {
   return name + "@" + std::to_string(start);
 }
@@ -56,11 +67,6 @@ std::string save_checkpoint(const SaveRequest& req,
                             const parallel::Mesh& mesh,
                             parallel::Communicator& world) {
   torch::NoGradGuard no_grad;
-  std::string tmp;
-  if (world.rank() == 0) tmp = prepare_checkpoint_dir(req.root, req.step);
-  world.barrier();
-  tmp = (fs::path(req.root) / (".tmp-" + step_dir_name(req.step))).string();
-
   // Model tensors this rank owns.
   NamedTensors model_tensors;
   for (auto& item : model.named_parameters()) {
@@ -96,6 +102,19 @@ std::string save_checkpoint(const SaveRequest& req,
       pieces[key] = {{"name", global}, {"start", r.start}, {"end", r.end}, {"shape", r.shape}};
     }
   }
+
+  // Never publish non-finite weights or optimizer state: refused on every rank alike.
+  const int64_t bad_model = count_non_finite(model_tensors, world);
+  const int64_t bad_optim = count_non_finite(optim_tensors, world);
+  CONDENSA_CHECK(bad_model == 0 && bad_optim == 0, CheckpointError, "refusing to save checkpoint ",
+                 step_dir_name(req.step), " in ", req.root, ": ", bad_model, " model and ",
+                 bad_optim,
+                 " optimizer values are not finite (NaN or inf); the previous checkpoint is kept");
+
+  std::string tmp;
+  if (world.rank() == 0) tmp = prepare_checkpoint_dir(req.root, req.step);
+  world.barrier();
+  tmp = (fs::path(req.root) / (".tmp-" + step_dir_name(req.step))).string();
 
   std::vector<std::string> files;
   const int rank = world.rank();

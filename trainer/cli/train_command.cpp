@@ -23,6 +23,12 @@ every key is documented in docs/config.md. Run under mpirun for several ranks
 (launch/train.sh does that). SIGINT/SIGTERM finish the current step, save a checkpoint
 and exit 0. Exit codes: 0 done, 1 runtime error, 2 configuration error.
 
+One run per run.dir (a second one is refused). A run.dir with checkpoints is resumed
+(checkpoint.resume: auto); keys that change the training trajectory must then match the
+checkpoint's config unless checkpoint.allow_config_change=true, and starting over there needs
+checkpoint.resume=none plus run.overwrite=true. Steps with a non-finite loss or gradient norm
+are skipped; more than train.max_skipped_steps in a row abort. See docs/checkpoint.md.
+
 options:
   --set section.key=value   override one config key (repeatable)
   --print-config            print the resolved config and exit

@@ -27,11 +27,15 @@ struct RunConfig {
   std::string dir = "runs/default";
   int64_t seed = 1234;
   int64_t threads = 0;  // intra-op threads per rank; 0 = cores / local ranks
+  bool overwrite = false;
   template <class V>
   void visit(V& v) {
     v("dir", dir, "run directory: config.yaml, metrics.jsonl, checkpoints/");
     v("seed", seed, "seed for weights and data (layout-independent)");
     v("threads", threads, "intra-op threads per rank; 0 = cores / ranks on the node");
+    v("overwrite", overwrite,
+      "with checkpoint.resume: none, delete the checkpoints and metrics of a run already in "
+      "run.dir (refused otherwise)");
   }
   void validate() const;
 };
@@ -61,6 +65,7 @@ struct TrainConfig {
   int64_t eval_every = 0;  // 0 = only at the end
   int64_t eval_batches = 4;
   int64_t stop_at_step = 0;  // 0 = run to `steps`
+  int64_t max_skipped_steps = 3;
   template <class V>
   void visit(V& v) {
     v("steps", steps, "optimizer steps");
@@ -73,6 +78,9 @@ struct TrainConfig {
     v("eval_batches", eval_batches, "global batches per validation");
     v("stop_at_step", stop_at_step,
       "save and exit after this step without changing the schedule (time-sliced jobs); 0 = off");
+    v("max_skipped_steps", max_skipped_steps,
+      "consecutive steps with a non-finite loss or gradient norm skipped (not applied) before the "
+      "run aborts; 0 = abort at the first");
   }
   void validate() const;
 };
@@ -125,11 +133,15 @@ struct CheckpointConfig {
   int64_t every = 0;  // 0 = only at the end
   int64_t keep = 3;
   std::string resume = "auto";  // auto | none | <path to a step directory>
+  bool allow_config_change = false;
   template <class V>
   void visit(V& v) {
     v("every", every, "save every N steps (and at the end); 0 = only at the end");
     v("keep", keep, "complete checkpoints kept; 0 = all");
     v("resume", resume, "auto (newest in run.dir) | none | path to a step directory");
+    v("allow_config_change", allow_config_change,
+      "resume even when model, data, seed, optimizer, schedule, batch or dtype keys differ from "
+      "the checkpoint's config");
   }
   void validate() const;
 };

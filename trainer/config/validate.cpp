@@ -54,6 +54,7 @@ void TrainConfig::validate() const {
   require(eval_every >= 0, "train.eval_every", eval_every, "must be >= 0");
   require(eval_batches >= 1, "train.eval_batches", eval_batches, "must be >= 1");
   require(stop_at_step >= 0, "train.stop_at_step", stop_at_step, "must be >= 0 (0 = off)");
+  require(max_skipped_steps >= 0, "train.max_skipped_steps", max_skipped_steps, "must be >= 0");
 }
 
 void OptimConfig::validate() const {

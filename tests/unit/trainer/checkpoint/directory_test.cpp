@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "common/checksum.h"
 #include "common/durable_file.h"
@@ -87,9 +88,14 @@ TEST(Checkpoint, CommitMakesACompleteDirectoryAndLatest) {
   EXPECT_EQ(entries(root), (std::vector<std::string>{"latest", "step_00001000"}));
   EXPECT_EQ(slurp(fs::path(root) / "latest"), "step_00001000");
   EXPECT_EQ(entries(step_dir),
-            (std::vector<std::string>{"meta.json", "model-rank00000.safetensors",
+            (std::vector<std::string>{"meta.json", "meta.xxh64", "model-rank00000.safetensors",
                                       "model-rank00001.safetensors", "optim-rank00000.safetensors",
                                       "optim-rank00001.safetensors"}));
+  // meta.xxh64 is what `xxhsum -H1 meta.json` prints.
+  char meta_hex[17];
+  std::snprintf(meta_hex, sizeof(meta_hex), "%016llx",
+                static_cast<unsigned long long>(file_xxh64(step_dir + "/meta.json")));
+  EXPECT_EQ(slurp(fs::path(step_dir) / "meta.xxh64"), std::string(meta_hex) + "  meta.json\n");
 
   const nlohmann::json meta = read_checkpoint_meta(step_dir);
   EXPECT_EQ(meta["format_version"], kCheckpointFormatVersion);
@@ -272,6 +278,97 @@ TEST(CheckpointVerify, MetaFromANewerFormatIsRefused) {
   expect_checkpoint_error([&] { verify_checkpoint(step_dir); }, {"meta.json", "format_version"});
   overwrite(fs::path(step_dir) / "meta.json", "{not json");
   expect_checkpoint_error([&] { verify_checkpoint(step_dir); }, {"invalid JSON", "meta.json"});
+}
+
+// Rewrites meta.json and (when `reseal`) its checksum, as a consistent edit would.
+void edit_meta(const std::string& step_dir,
+               const std::function<void(nlohmann::json&)>& edit,
+               bool reseal) {
+  nlohmann::json meta = read_checkpoint_meta(step_dir);
+  edit(meta);
+  const std::string text = meta.dump(2) + "\n";
+  overwrite(fs::path(step_dir) / "meta.json", text);
+  if (reseal) {
+    overwrite(fs::path(step_dir) / "meta.xxh64",
+              hex64(file_xxh64(step_dir + "/meta.json")) + "  meta.json\n");
+  }
+}
+
+// A trainer checkpoint: meta.json records the layout and optimizer steps.
+std::string save_trainer_checkpoint(const std::string& root, int64_t step, int world_size) {
+  const std::string tmp = prepare_checkpoint_dir(root, step);
+  for (int r = 0; r < world_size; ++r) write_rank(tmp, r, step);
+  const nlohmann::json meta = {{"optimizer_steps", step},
+                               {"layout", {{"world", world_size}, {"zero_stage", 1}}}};
+  return commit_checkpoint(root, tmp, step, meta, world_size, 0);
+}
+
+TEST(CheckpointVerify, EditedMetaFailsItsChecksum) {
+  TempDir dir("ck");
+  const std::string step_dir = save_trainer_checkpoint(dir.str(), 10, 2);
+  ASSERT_NO_THROW(verify_checkpoint(step_dir));
+  const std::vector<std::function<void(nlohmann::json&)>> edits = {
+      [](nlohmann::json& m) { m["step"] = 11; },
+      [](nlohmann::json& m) { m["files"] = nlohmann::json::object(); },
+      [](nlohmann::json& m) { m["files"].erase("optim-rank00001.safetensors"); },
+  };
+  const std::string good = slurp(fs::path(step_dir) / "meta.json");
+  for (const auto& edit : edits) {
+    edit_meta(step_dir, edit, /*reseal=*/false);
+    expect_checkpoint_error([&] { verify_checkpoint(step_dir); },
+                            {step_dir + "/meta.json", "xxh64", "meta.xxh64"});
+    overwrite(fs::path(step_dir) / "meta.json", good);
+  }
+  fs::remove(fs::path(step_dir) / "meta.xxh64");
+  expect_checkpoint_error([&] { verify_checkpoint(step_dir); }, {step_dir, "no meta.xxh64"});
+}
+
+// Even with a matching checksum, meta.json must agree with the directory and the layout.
+TEST(CheckpointVerify, MetaMustMatchTheDirectoryAndTheLayout) {
+  TempDir dir("ck");
+  const std::string step_dir = save_trainer_checkpoint(dir.str(), 10, 2);
+  const std::string good = slurp(fs::path(step_dir) / "meta.json");
+  const std::string good_sum = slurp(fs::path(step_dir) / "meta.xxh64");
+  auto restore = [&] {
+    overwrite(fs::path(step_dir) / "meta.json", good);
+    overwrite(fs::path(step_dir) / "meta.xxh64", good_sum);
+    ASSERT_NO_THROW(verify_checkpoint(step_dir));
+  };
+  edit_meta(
+      step_dir, [](nlohmann::json& m) { m["step"] = 11; }, true);
+  expect_checkpoint_error([&] { verify_checkpoint(step_dir); },
+                          {"says step 11", "directory is step 10"});
+  restore();
+  edit_meta(
+      step_dir, [](nlohmann::json& m) { m["files"] = nlohmann::json::object(); }, true);
+  expect_checkpoint_error([&] { verify_checkpoint(step_dir); }, {"is not listed in"});
+  restore();
+  // The optimizer file dropped from meta.json: still on disk, unlisted.
+  edit_meta(
+      step_dir, [](nlohmann::json& m) { m["files"].erase("optim-rank00001.safetensors"); }, true);
+  expect_checkpoint_error([&] { verify_checkpoint(step_dir); },
+                          {"optim-rank00001.safetensors", "is not listed in"});
+  // ... and removed from disk too: ZeRO-1 with world 2 writes one optimizer file per rank.
+  fs::remove(fs::path(step_dir) / "optim-rank00001.safetensors");
+  expect_checkpoint_error([&] { verify_checkpoint(step_dir); },
+                          {"does not list optim-rank00001.safetensors", "rank 1", "ZeRO-1"});
+  // A file from a rank outside the saved world.
+  edit_meta(
+      step_dir, [](nlohmann::json& m) { m["layout"]["world"] = 1; }, true);
+  expect_checkpoint_error([&] { verify_checkpoint(step_dir); }, {"from rank 1", "world 1"});
+}
+
+TEST(CheckpointFindLatest, AllCheckpointsInvalidIsAnErrorListingEach) {
+  TempDir dir("ck");
+  const std::string a = save_checkpoint(dir.str(), 10, 1, 0);
+  const std::string b = save_checkpoint(dir.str(), 20, 1, 0);
+  fs::resize_file(fs::path(a) / "model-rank00000.safetensors", 10);
+  overwrite(fs::path(b) / "meta.json", "{}");
+  std::vector<std::string> warnings;
+  expect_checkpoint_error(
+      [&] { find_latest_checkpoint(dir.str(), &warnings); },
+      {"none of the 2 checkpoints", "step_00000010: ", "model-rank00000.safetensors is 10 bytes",
+       "step_00000020: ", "step_00000020/meta.json"});
 }
 
 TEST(CheckpointFindLatest, FallsBackToThePreviousCompleteCheckpoint) {
