@@ -8,6 +8,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <vector>
 
 #include "common/error.h"
 #include "tests/support/test_util.h"
@@ -35,8 +37,9 @@ TEST(RunDirLock, SecondHolderIsRefusedWithTheFirstHoldersHostAndPid) {
     ADD_FAILURE() << "a second lock on " << run_dir << " was granted";
   } catch (const Error& e) {
     const std::string what = e.what();
-    for (const std::string part : {"run.dir " + run_dir, "is in use", "host " + hostname(),
-                                   "pid " + std::to_string(::getpid()), run_dir + "/.lock"}) {
+    for (const std::string& part :
+         std::vector<std::string>{"run.dir " + run_dir, "is in use", "host " + hostname(),
+                                  "pid " + std::to_string(::getpid()), run_dir + "/.lock"}) {
       EXPECT_NE(what.find(part), std::string::npos) << what << "\n  lacks: " << part;
     }
   }
