@@ -423,159 +423,160 @@ BenchResult Trainer::benchmark(int64_t warmup, int64_t steps) {
   b.peak_flops_per_rank = peak_flops_;
   b.mfu = flops_per_token_ * b.tokens_per_s / (peak_flops_ * world_.size());
   return b;
+}
 
-  bool Trainer::reduce_step_stats(const torch::Tensor& sums, double grad_norm, StepStats* st) {
-    // NOTE: each rank adds 1 to the last entry when its losses or the global gradient norm are
-    // not finite; a sum of small integers is exact in any reduction order, so every rank takes
-    // the same decision. Data parallel spans the world (the trainer runs pipeline_parallel 1).
-    // Built on the device: the step's one read of the loss sums is the to_cpu below.
-    auto bad = (~torch::isfinite(sums)).any().to(torch::kFloat64).reshape({1});
-    if (!std::isfinite(grad_norm)) bad.fill_(1.0);
-    auto t = torch::cat({sums, bad});
-    if (mesh_.dp_size() > 1) mesh_.dp().all_reduce(t, parallel::ReduceOp::kSum);
-    t = world_.to_cpu(t);
-    // Loss averaged over data-parallel ranks (each saw different rows).
-    const double dp = static_cast<double>(mesh_.dp_size());
-    auto v = t.accessor<double, 1>();
-    *st = {v[0] / dp, v[1] / dp, v[2] / dp};
-    return v[3] == 0;
+bool Trainer::reduce_step_stats(const torch::Tensor& sums, double grad_norm, StepStats* st) {
+  // NOTE: each rank adds 1 to the last entry when its losses or the global gradient norm are
+  // not finite; a sum of small integers is exact in any reduction order, so every rank takes
+  // the same decision. Data parallel spans the world (the trainer runs pipeline_parallel 1).
+  // Built on the device: the step's one read of the loss sums is the to_cpu below.
+  auto bad = (~torch::isfinite(sums)).any().to(torch::kFloat64).reshape({1});
+  if (!std::isfinite(grad_norm)) bad.fill_(1.0);
+  auto t = torch::cat({sums, bad});
+  if (mesh_.dp_size() > 1) mesh_.dp().all_reduce(t, parallel::ReduceOp::kSum);
+  t = world_.to_cpu(t);
+  // Loss averaged over data-parallel ranks (each saw different rows).
+  const double dp = static_cast<double>(mesh_.dp_size());
+  auto v = t.accessor<double, 1>();
+  *st = {v[0] / dp, v[1] / dp, v[2] / dp};
+  return v[3] == 0;
+}
+
+void Trainer::skip_step(int64_t step, const StepStats& st, double grad_norm) {
+  ++consecutive_skips_;
+  const std::string what = str("loss ", st.loss, ", grad_norm ", grad_norm);
+  if (is_logger()) {
+    std::printf(
+        "  step %ld skipped (not applied): non-finite %s; %ld in a row, "
+        "train.max_skipped_steps %ld\n",
+        static_cast<long>(step), what.c_str(), static_cast<long>(consecutive_skips_),
+        static_cast<long>(cfg_.train.max_skipped_steps));
+    nlohmann::json rec = {{"step", step},
+                          {"skipped", true},
+                          {"reason", "non-finite " + what},
+                          {"consecutive_skips", consecutive_skips_}};
+    metrics_ << rec.dump() << "\n" << std::flush;
   }
+  CONDENSA_CHECK(consecutive_skips_ <= cfg_.train.max_skipped_steps, Error,
+                 "training diverged: ", consecutive_skips_,
+                 " steps in a row had a non-finite loss or gradient norm (step ", step, ": ", what,
+                 "), more than train.max_skipped_steps (", cfg_.train.max_skipped_steps,
+                 "); none of them was applied; lower optim.lr or check the data",
+                 last_checkpoint_.empty() ? "" : "; last checkpoint " + last_checkpoint_);
+}
 
-  void Trainer::skip_step(int64_t step, const StepStats& st, double grad_norm) {
-    ++consecutive_skips_;
-    const std::string what = str("loss ", st.loss, ", grad_norm ", grad_norm);
+TrainSummary Trainer::run() {
+  TrainSummary summary;
+  // One run per run.dir: rank 0 holds the lock until run() returns.
+  std::unique_ptr<RunDirLock> lock;
+  std::string lock_error;
+  if (is_logger()) {
+    try {
+      lock = std::make_unique<RunDirLock>(cfg_.run.dir);
+      if (!lock->stale_holder().empty()) {
+        std::printf("note: taking over %s from a run that did not exit cleanly (%s)\n",
+                    lock->path().c_str(), lock->stale_holder().c_str());
+      }
+    } catch (const std::exception& e) {
+      lock_error = e.what();
+    }
+  }
+  throw_if_rank0_failed(lock_error, /*config_error=*/false);
+  const int64_t start = resume();
+  summary.first_step = start + 1;
+  summary.last_step = start;
+  summary.checkpoint = last_checkpoint_;
+  if (start == cfg_.train.steps) {
     if (is_logger()) {
       std::printf(
-          "  step %ld skipped (not applied): non-finite %s; %ld in a row, "
-          "train.max_skipped_steps %ld\n",
-          static_cast<long>(step), what.c_str(), static_cast<long>(consecutive_skips_),
-          static_cast<long>(cfg_.train.max_skipped_steps));
-      nlohmann::json rec = {{"step", step},
-                            {"skipped", true},
-                            {"reason", "non-finite " + what},
-                            {"consecutive_skips", consecutive_skips_}};
-      metrics_ << rec.dump() << "\n" << std::flush;
+          "run already complete: %s is at train.steps (%ld); nothing to train (raise "
+          "train.steps to continue it)\n",
+          last_checkpoint_.c_str(), static_cast<long>(start));
     }
-    CONDENSA_CHECK(consecutive_skips_ <= cfg_.train.max_skipped_steps, Error,
-                   "training diverged: ", consecutive_skips_,
-                   " steps in a row had a non-finite loss or gradient norm (step ", step, ": ",
-                   what, "), more than train.max_skipped_steps (", cfg_.train.max_skipped_steps,
-                   "); none of them was applied; lower optim.lr or check the data",
-                   last_checkpoint_.empty() ? "" : "; last checkpoint " + last_checkpoint_);
+    return summary;
   }
+  if (is_logger()) {
+    fs::create_directories(cfg_.run.dir);
+    atomic_write_file((fs::path(cfg_.run.dir) / "config.yaml").string(), config_to_yaml(cfg_));
+    // Every run segment keeps the config it ran with, next to the checkpoints it made.
+    atomic_write_file((fs::path(cfg_.run.dir) / segment_config_name(start)).string(),
+                      config_to_yaml(cfg_));
+    // The metrics file continues the resumed curve: records after the resumed step are dropped.
+    truncate_metrics_after((fs::path(cfg_.run.dir) / "metrics.jsonl").string(), start);
+    metrics_.open((fs::path(cfg_.run.dir) / "metrics.jsonl").string(), std::ios::app);
+    std::printf(
+        "condensa: %s | %s | device %s | %ld threads/rank | peak %.1f GFLOP/s/rank (%s matmul)\n",
+        mesh_.describe().c_str(), describe_model(cfg_.model).c_str(), device_.str().c_str(),
+        static_cast<long>(at::get_num_threads()), peak_flops_ / 1e9, cfg_.train.dtype.c_str());
+    std::printf("run dir %s, steps %ld..%ld, global batch %ld x %ld tokens\n", cfg_.run.dir.c_str(),
+                static_cast<long>(start + 1), static_cast<long>(cfg_.train.steps),
+                static_cast<long>(cfg_.train.global_batch_size),
+                static_cast<long>(cfg_.train.seq_len));
+    std::fflush(stdout);
+  }
+  reset_routing_stats(/*log_interval=*/true);
+  std::vector<torch::Tensor> loads;
+  for (int64_t step = start + 1; step <= cfg_.train.steps; ++step) {
+    auto t0 = std::chrono::steady_clock::now();
+    const StepResult r = train_step(step, loads);
+    const StepStats& st = r.stats;
+    const double grad_norm = r.grad_norm, lr = r.lr;
+    const bool apply = r.applied;
+    if (!apply) skip_step(step, st, grad_norm);
+    const double step_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (step > start + 1) train_seconds_ += step_s, ++timed_steps_;  // the first step warms up
+    if (apply) summary.final_loss = st.loss;
+    summary.last_step = step;
 
-  TrainSummary Trainer::run() {
-    TrainSummary summary;
-    // One run per run.dir: rank 0 holds the lock until run() returns.
-    std::unique_ptr<RunDirLock> lock;
-    std::string lock_error;
-    if (is_logger()) {
-      try {
-        lock = std::make_unique<RunDirLock>(cfg_.run.dir);
-        if (!lock->stale_holder().empty()) {
-          std::printf("note: taking over %s from a run that did not exit cleanly (%s)\n",
-                      lock->path().c_str(), lock->stale_holder().c_str());
-        }
-      } catch (const std::exception& e) {
-        lock_error = e.what();
+    if (apply && (step % cfg_.log.every == 0 || step == cfg_.train.steps))
+      log_step(step, st, lr, grad_norm, step_s, loads);
+    reset_routing_stats(/*log_interval=*/step % cfg_.log.every == 0);
+    if (cfg_.train.eval_every > 0 && step % cfg_.train.eval_every == 0 &&
+        step != cfg_.train.steps) {
+      const double val = validation_loss();
+      if (is_logger()) {
+        std::printf("  step %ld validation loss %.4f\n", static_cast<long>(step), val);
+        write_eval_line(metrics_, step, val);
       }
     }
-    throw_if_rank0_failed(lock_error, /*config_error=*/false);
-    const int64_t start = resume();
-    summary.first_step = start + 1;
-    summary.last_step = start;
-    summary.checkpoint = last_checkpoint_;
-    if (start == cfg_.train.steps) {
+    const bool stop_step =
+        cfg_.train.stop_at_step > 0 && step >= cfg_.train.stop_at_step && step < cfg_.train.steps;
+    const bool stop = stop_requested() || stop_step;
+    const bool periodic = cfg_.checkpoint.every > 0 && step % cfg_.checkpoint.every == 0;
+    if (periodic || stop || step == cfg_.train.steps) {
+      auto dir = save(step);
+      summary.checkpoint = dir;
+      if (is_logger()) std::printf("  saved checkpoint %s\n", dir.c_str());
+    }
+    if (stop) {
+      summary.interrupted = true;
       if (is_logger()) {
-        std::printf(
-            "run already complete: %s is at train.steps (%ld); nothing to train (raise "
-            "train.steps to continue it)\n",
-            last_checkpoint_.c_str(), static_cast<long>(start));
+        std::printf("stopped %s after step %ld; checkpoint %s\n",
+                    stop_step ? "at train.stop_at_step" : "by signal", static_cast<long>(step),
+                    summary.checkpoint.c_str());
       }
       return summary;
     }
-    if (is_logger()) {
-      fs::create_directories(cfg_.run.dir);
-      atomic_write_file((fs::path(cfg_.run.dir) / "config.yaml").string(), config_to_yaml(cfg_));
-      // Every run segment keeps the config it ran with, next to the checkpoints it made.
-      atomic_write_file((fs::path(cfg_.run.dir) / segment_config_name(start)).string(),
-                        config_to_yaml(cfg_));
-      // The metrics file continues the resumed curve: records after the resumed step are dropped.
-      truncate_metrics_after((fs::path(cfg_.run.dir) / "metrics.jsonl").string(), start);
-      metrics_.open((fs::path(cfg_.run.dir) / "metrics.jsonl").string(), std::ios::app);
-      std::printf(
-          "condensa: %s | %s | device %s | %ld threads/rank | peak %.1f GFLOP/s/rank (%s matmul)\n",
-          mesh_.describe().c_str(), describe_model(cfg_.model).c_str(), device_.str().c_str(),
-          static_cast<long>(at::get_num_threads()), peak_flops_ / 1e9, cfg_.train.dtype.c_str());
-      std::printf(
-          "run dir %s, steps %ld..%ld, global batch %ld x %ld tokens\n", cfg_.run.dir.c_str(),
-          static_cast<long>(start + 1), static_cast<long>(cfg_.train.steps),
-          static_cast<long>(cfg_.train.global_batch_size), static_cast<long>(cfg_.train.seq_len));
-      std::fflush(stdout);
-    }
-    reset_routing_stats(/*log_interval=*/true);
-    std::vector<torch::Tensor> loads;
-    for (int64_t step = start + 1; step <= cfg_.train.steps; ++step) {
-      auto t0 = std::chrono::steady_clock::now();
-      const StepResult r = train_step(step, loads);
-      const StepStats& st = r.stats;
-      const double grad_norm = r.grad_norm, lr = r.lr;
-      const bool apply = r.applied;
-      if (!apply) skip_step(step, st, grad_norm);
-      const double step_s =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (step > start + 1) train_seconds_ += step_s, ++timed_steps_;  // the first step warms up
-      if (apply) summary.final_loss = st.loss;
-      summary.last_step = step;
-
-      if (apply && (step % cfg_.log.every == 0 || step == cfg_.train.steps))
-        log_step(step, st, lr, grad_norm, step_s, loads);
-      reset_routing_stats(/*log_interval=*/step % cfg_.log.every == 0);
-      if (cfg_.train.eval_every > 0 && step % cfg_.train.eval_every == 0 &&
-          step != cfg_.train.steps) {
-        const double val = validation_loss();
-        if (is_logger()) {
-          std::printf("  step %ld validation loss %.4f\n", static_cast<long>(step), val);
-          write_eval_line(metrics_, step, val);
-        }
-      }
-      const bool stop_step =
-          cfg_.train.stop_at_step > 0 && step >= cfg_.train.stop_at_step && step < cfg_.train.steps;
-      const bool stop = stop_requested() || stop_step;
-      const bool periodic = cfg_.checkpoint.every > 0 && step % cfg_.checkpoint.every == 0;
-      if (periodic || stop || step == cfg_.train.steps) {
-        auto dir = save(step);
-        summary.checkpoint = dir;
-        if (is_logger()) std::printf("  saved checkpoint %s\n", dir.c_str());
-      }
-      if (stop) {
-        summary.interrupted = true;
-        if (is_logger()) {
-          std::printf("stopped %s after step %ld; checkpoint %s\n",
-                      stop_step ? "at train.stop_at_step" : "by signal", static_cast<long>(step),
-                      summary.checkpoint.c_str());
-        }
-        return summary;
-      }
-    }
-    if (summary.last_step >= summary.first_step) {
-      summary.final_val_loss = validation_loss();
-      if (is_logger()) {
-        write_eval_line(metrics_, cfg_.train.steps, summary.final_val_loss);
-        const double avg = timed_steps_ > 0 ? train_seconds_ / timed_steps_ : 0;
-        const double tps = avg > 0 ? cfg_.train.global_batch_size * cfg_.train.seq_len / avg : 0;
-        std::printf(
-            "done: steps %ld..%ld, final loss %.4f, validation loss %.4f, %.0f tokens/s, MFU "
-            "%.2f%%\n",
-            static_cast<long>(summary.first_step), static_cast<long>(summary.last_step),
-            summary.final_loss, summary.final_val_loss, tps,
-            100.0 * flops_per_token_ * tps / (peak_flops_ * world_.size()));
-        std::printf("checkpoint: %s\nmetrics:    %s\n", last_checkpoint_.c_str(),
-                    (fs::path(cfg_.run.dir) / "metrics.jsonl").string().c_str());
-      }
-    }
-    summary.checkpoint = last_checkpoint_;
-    return summary;
   }
+  if (summary.last_step >= summary.first_step) {
+    summary.final_val_loss = validation_loss();
+    if (is_logger()) {
+      write_eval_line(metrics_, cfg_.train.steps, summary.final_val_loss);
+      const double avg = timed_steps_ > 0 ? train_seconds_ / timed_steps_ : 0;
+      const double tps = avg > 0 ? cfg_.train.global_batch_size * cfg_.train.seq_len / avg : 0;
+      std::printf(
+          "done: steps %ld..%ld, final loss %.4f, validation loss %.4f, %.0f tokens/s, MFU "
+          "%.2f%%\n",
+          static_cast<long>(summary.first_step), static_cast<long>(summary.last_step),
+          summary.final_loss, summary.final_val_loss, tps,
+          100.0 * flops_per_token_ * tps / (peak_flops_ * world_.size()));
+      std::printf("checkpoint: %s\nmetrics:    %s\n", last_checkpoint_.c_str(),
+                  (fs::path(cfg_.run.dir) / "metrics.jsonl").string().c_str());
+    }
+  }
+  summary.checkpoint = last_checkpoint_;
+  return summary;
+}
 
 }  // namespace condensa::trainer
