@@ -126,12 +126,15 @@ TEST(RunSafety, NonFiniteStepsAreSkippedLoggedAndAbortTheRunAfterTheLimit) {
   EXPECT_EQ(meta["optimizer_steps"], 1);
 }
 
-// optim.lr=1e39 without warm-up: step 1's loss and gradient are finite, its update overflows
-// fp32, and the checkpoint of step 1 would hold infinite weights.
+// optim.lr=1e39 without warm-up or decay: step 1's loss and gradient are finite, its update
+// overflows fp32, and the checkpoint of step 1 would hold infinite weights. (With the default
+// cosine schedule a one-step run would take min_lr at step 1.)
 TEST(RunSafety, NonFiniteWeightsAreNeverSaved) {
   TempDir dir;
   auto r = run_condensa(tiny_train_args(
-      dir.path(), "--set optim.lr=1e39 --set optim.warmup_steps=0 --set train.steps=1"));
+      dir.path(),
+      "--set optim.lr=1e39 --set optim.warmup_steps=0 --set optim.schedule=constant "
+      "--set train.steps=1"));
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_HAS(r.output, "refusing to save checkpoint step_00000001");
   EXPECT_HAS(r.output, "not finite");
