@@ -39,6 +39,15 @@ double max_rel_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return ((a - b).abs().max() / b.abs().max()).item<double>();
 }
 
+// An MLA module of config c with N(0, 0.3) weights drawn after seeding with `seed`.
+MLA random_mla(const ModelConfig& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  MLA mla(c);
+  torch::NoGradGuard g;
+  for (auto& p : mla->parameters()) p.normal_(0, 0.3);
+  return mla;
+}
+
 }  // namespace
 
 TEST(FusedAttention, MatchesExplicitWithUnequalHeadDimsFp32) {
@@ -106,12 +115,7 @@ TEST(FusedAttention, MlaModuleSdpaMatchesExplicitOutputsAndGradients) {
   std::vector<torch::Tensor> outs;
   for (const char* impl : {"explicit", "sdpa"}) {
     c.attention_impl = impl;
-    torch::manual_seed(6);
-    MLA mla(c);
-    {
-      torch::NoGradGuard g;
-      for (auto& p : mla->parameters()) p.normal_(0, 0.3);
-    }
+    MLA mla = random_mla(c, 6);
     auto y = mla(x, rope);
     y.pow(2).sum().backward();
     outs.push_back(y.detach());
@@ -135,12 +139,7 @@ TEST(FusedAttention, DecodingWithCacheMatchesFullSequence) {
   c.v_head_dim = 4;
   c.max_seq_len = 32;
   auto rope = make_rope_tables(c);
-  torch::manual_seed(7);
-  MLA mla(c);
-  {
-    torch::NoGradGuard g;
-    for (auto& p : mla->parameters()) p.normal_(0, 0.3);
-  }
+  MLA mla = random_mla(c, 7);
   torch::NoGradGuard g;
   auto x = torch::randn({1, 9, c.hidden_size});
   auto full = mla(x, rope);
