@@ -34,6 +34,13 @@ void train(const fs::path& run_dir, const std::string& extra) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
 }
 
+// A 2-step run in run_dir exported to hf.
+void train_and_export(const fs::path& run_dir, const fs::path& hf) {
+  ASSERT_NO_FATAL_FAILURE(train(run_dir, ""));
+  auto r = run_condensa("export --checkpoint " + run_dir.string() + " --out " + hf.string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+}
+
 nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(std::ifstream(p)); }
 
 std::string read_text(const fs::path& p) {
@@ -121,10 +128,8 @@ TEST(Interop, ExportRefusesANonEmptyDirectoryAndForceReplacesIt) {
 TEST(Interop, ImportRefusesAnExistingRunAndForceReplacesIt) {
   TempDir dir;
   const auto run = dir.path() / "run";
-  ASSERT_NO_FATAL_FAILURE(train(run, ""));
   const auto hf = dir.path() / "hf";
-  ASSERT_EQ(run_condensa("export --checkpoint " + run.string() + " --out " + hf.string()).exit_code,
-            0);
+  ASSERT_NO_FATAL_FAILURE(train_and_export(run, hf));
 
   auto into_run = run_condensa("import --hf " + hf.string() + " --out " + run.string());
   EXPECT_EQ(into_run.exit_code, 2) << into_run.output;
@@ -211,10 +216,8 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(Interop, ImportRefusesNoauxTcWithoutItsBias) {
   TempDir dir;
   const auto run = dir.path() / "run";
-  ASSERT_NO_FATAL_FAILURE(train(run, ""));
   const auto hf = dir.path() / "hf";
-  ASSERT_EQ(run_condensa("export --checkpoint " + run.string() + " --out " + hf.string()).exit_code,
-            0);
+  ASSERT_NO_FATAL_FAILURE(train_and_export(run, hf));
   ASSERT_NO_FATAL_FAILURE(make_foreign(hf, {{"topk_method", "noaux_tc"}}));
   auto i = run_condensa("import --hf " + hf.string() + " --out " + (dir.path() / "x").string());
   EXPECT_EQ(i.exit_code, 1) << i.output;
