@@ -297,6 +297,7 @@ void Trainer::log_step(int64_t step,
 TrainSummary Trainer::run() {
   TrainSummary summary;
   const int64_t start = resume();
+  if (on_phase_) on_phase_(Phase::kSteps);
   if (is_logger()) {
     fs::create_directories(cfg_.run.dir);
     atomic_write_file((fs::path(cfg_.run.dir) / "config.yaml").string(), config_to_yaml(cfg_));
@@ -371,6 +372,7 @@ TrainSummary Trainer::run() {
     }
   }
   if (summary.last_step >= summary.first_step || start == cfg_.train.steps) {
+    if (on_phase_) on_phase_(Phase::kFinalValidation);
     summary.final_val_loss = validation_loss();
     if (is_logger()) {
       write_eval_line(metrics_, cfg_.train.steps, summary.final_val_loss);

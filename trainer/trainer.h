@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -34,6 +35,10 @@ class Trainer {
           parallel::Communicator& world,
           const std::atomic<bool>* stop_flag = nullptr);
   TrainSummary run();
+  // Called when the steps begin (after resume) and when the final validation begins (after the
+  // last checkpoint): `condensa train` makes a stop signal exit at once outside the steps.
+  enum class Phase { kSteps, kFinalValidation };
+  void set_phase_listener(std::function<void(Phase)> listener) { on_phase_ = std::move(listener); }
 
   model::TransformerImpl& model() { return *model_; }
   const parallel::Mesh& mesh() const { return mesh_; }
@@ -75,6 +80,7 @@ class Trainer {
   int64_t timed_steps_ = 0;
   std::string last_checkpoint_;
   std::vector<torch::Tensor> language_counts_;  // per MoE layer [languages, E], log interval
+  std::function<void(Phase)> on_phase_;
 };
 
 }  // namespace condensa::trainer
