@@ -220,6 +220,7 @@ def main():
     ap.add_argument("--limit-s", type=float, default=60, help="time bound of one run")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
+    args.binary = os.path.abspath(args.binary)  # the runs start in their own directories
 
     keys = all_keys(args.binary)
     base = base_lines(args.config)
