@@ -45,6 +45,8 @@ TokenDataset TokenDataset::open(const fs::path& path, bool verify_checksum) {
     ds.num_tokens_ += shard.num_tokens();
     ds.shards_.push_back(std::move(shard));
   }
+  CONDENSA_CHECK(ds.num_tokens_ > 0, DataError, "token data path ", path.string(),
+                 ": the shards hold no tokens");
   return ds;
 }
 

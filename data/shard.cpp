@@ -128,6 +128,7 @@ nlohmann::json ShardInfo::to_json() const {
                         {"dtype", dtype},
                         {"num_tokens", num_tokens},
                         {"num_documents", num_documents},
+                        {"max_token_id", max_token_id},
                         {"checksum", format_checksum(checksum)},
                         {"sources", sources}};
 }
@@ -142,6 +143,9 @@ ShardInfo ShardInfo::from_json(const nlohmann::json& j, const std::string& file)
   info.dtype = json_field<std::string>(j, "dtype", file);
   info.num_tokens = json_field<int64_t>(j, "num_tokens", file);
   info.num_documents = json_field<int64_t>(j, "num_documents", file);
+  if (j.contains("max_token_id")) {
+    info.max_token_id = json_field<int64_t>(j, "max_token_id", file);
+  }
   info.checksum = parse_checksum(json_field<std::string>(j, "checksum", file), file);
   info.sources = json_field<std::vector<std::string>>(j, "sources", file);
   return info;
@@ -191,6 +195,7 @@ void ShardWriter::add_document(const std::vector<int32_t>& tokens) {
     CONDENSA_CHECK(id >= 0 && id < info_.vocab_size, DataError, "shard ", dir_.string(),
                    ": document ", info_.num_documents, " has token id ", id, " at position ", i,
                    " outside the vocabulary [0, ", info_.vocab_size, ")");
+    info_.max_token_id = std::max(info_.max_token_id, id);
     if (width_ == 2) {
       uint16_t v = static_cast<uint16_t>(id);
       std::memcpy(buffer_.data() + i * 2, &v, 2);
@@ -211,6 +216,9 @@ void ShardWriter::add_source(const std::string& source) { info_.sources.push_bac
 ShardInfo ShardWriter::finish() {
   CONDENSA_CHECK(!finished_, Error, "shard ", dir_.string(), ": finish called twice");
   finished_ = true;
+  // A shard without tokens trains nothing: refuse it instead of publishing it.
+  CONDENSA_CHECK(info_.num_tokens > 0, DataError, "shard ", dir_.string(), ": no tokens (",
+                 info_.num_documents, " documents); nothing to write");
   char count[8];
   put_u64(count, static_cast<uint64_t>(info_.num_tokens));
   tokens_out_.seekp(16);
@@ -251,6 +259,11 @@ MappedFile::MappedFile(const fs::path& path) : path_(path) {
     int err = errno;
     ::close(fd);
     throw DataError(str(path.string(), ": cannot stat: ", std::strerror(err)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw DataError(str(path.string(), S_ISDIR(st.st_mode) ? ": is a directory" : ": is not",
+                        ", expected a regular file"));
   }
   size_ = static_cast<int64_t>(st.st_size);
   if (size_ > 0) {
@@ -321,6 +334,9 @@ TokenShard TokenShard::open(const fs::path& dir, bool verify_checksum) {
   CONDENSA_CHECK(info.num_tokens >= 0 && info.num_documents >= 0, DataError, index_file,
                  ": negative count (num_tokens ", info.num_tokens, ", num_documents ",
                  info.num_documents, ")");
+  CONDENSA_CHECK(info.max_token_id >= -1 && info.max_token_id < info.vocab_size, DataError,
+                 index_file, ": max_token_id ", info.max_token_id,
+                 " is outside the vocabulary [0, ", info.vocab_size, ")");
   const auto known = tokenizer_names();
   if (std::find(known.begin(), known.end(), info.tokenizer) != known.end()) {
     int64_t expected = make_tokenizer(info.tokenizer)->vocab_size();
@@ -380,6 +396,24 @@ void TokenShard::verify_checksum() const {
   CONDENSA_CHECK(actual == info_.checksum, DataError, tokens_.path().string(),
                  ": checksum mismatch: the token payload hashes to ", format_checksum(actual),
                  " but index.json says ", format_checksum(info_.checksum),
+                 " (the file is corrupt or was modified)");
+  // The ids themselves: a payload edited together with its checksum must still fit the
+  // vocabulary, or the embedding lookup fails mid-training.
+  int64_t max_id = -1, at = -1;
+  std::vector<int64_t> chunk;
+  for (int64_t start = 0; start < num_tokens(); start += 1 << 16) {
+    chunk.resize(static_cast<size_t>(std::min<int64_t>(1 << 16, num_tokens() - start)));
+    copy(start, static_cast<int64_t>(chunk.size()), chunk.data());
+    for (size_t i = 0; i < chunk.size(); ++i) {
+      if (chunk[i] > max_id) max_id = chunk[i], at = start + static_cast<int64_t>(i);
+    }
+  }
+  CONDENSA_CHECK(max_id < info_.vocab_size, DataError, tokens_.path().string(), ": token id ",
+                 max_id, " at position ", at, " is outside the vocabulary [0, ", info_.vocab_size,
+                 ") of tokenizer '", info_.tokenizer, "'");
+  CONDENSA_CHECK(info_.max_token_id == -1 || max_id == info_.max_token_id, DataError,
+                 tokens_.path().string(), ": the largest token id is ", max_id,
+                 " but index.json says max_token_id ", info_.max_token_id,
                  " (the file is corrupt or was modified)");
 }
 

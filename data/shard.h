@@ -16,7 +16,9 @@
 //   docs.bin    32-byte header {magic "CDNSDOC\0", u32 version, u32 zero, u64 num_documents,
 //               u64 num_tokens}, then num_documents u64 start offsets (first 0, ascending).
 //   index.json  format, version, tokenizer, vocab_size, dtype, num_tokens, num_documents,
-//               checksum ("fnv1a64:<16 hex>" of the tokens.bin payload), sources.
+//               max_token_id (the largest id in tokens.bin, -1 for none; absent in shards
+//               written before it existed), checksum ("fnv1a64:<16 hex>" of the tokens.bin
+//               payload), sources.
 #pragma once
 
 #include <cstdint>
@@ -41,7 +43,8 @@ struct ShardInfo {
   std::string dtype;  // "uint16" or "uint32"
   int64_t num_tokens = 0;
   int64_t num_documents = 0;
-  uint64_t checksum = 0;  // condensa::fnv1a64 over the tokens.bin payload bytes
+  int64_t max_token_id = -1;  // -1: no tokens, or not recorded (older shards)
+  uint64_t checksum = 0;      // condensa::fnv1a64 over the tokens.bin payload bytes
   std::vector<std::string> sources;
 
   nlohmann::json to_json() const;
@@ -121,7 +124,8 @@ class TokenShard {
   // Document i is tokens [document_start(i), document_end(i)).
   int64_t document_start(int64_t i) const;
   int64_t document_end(int64_t i) const;
-  // Recomputes the payload checksum; throws DataError naming tokens.bin on mismatch.
+  // Recomputes the payload checksum and the largest token id; throws DataError naming
+  // tokens.bin when either disagrees with index.json or an id is outside the vocabulary.
   void verify_checksum() const;
 
  private:

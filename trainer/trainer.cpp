@@ -495,6 +495,7 @@ TrainSummary Trainer::run() {
     }
     return summary;
   }
+  if (on_phase_) on_phase_(Phase::kSteps);
   if (is_logger()) {
     fs::create_directories(cfg_.run.dir);
     atomic_write_file((fs::path(cfg_.run.dir) / "config.yaml").string(), config_to_yaml(cfg_));
@@ -560,6 +561,7 @@ TrainSummary Trainer::run() {
     }
   }
   if (summary.last_step >= summary.first_step) {
+    if (on_phase_) on_phase_(Phase::kFinalValidation);
     summary.final_val_loss = validation_loss();
     if (is_logger()) {
       write_eval_line(metrics_, cfg_.train.steps, summary.final_val_loss);

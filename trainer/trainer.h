@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -46,6 +47,10 @@ class Trainer {
   // Times `steps` training steps after `warmup` untimed ones, from the initial weights: no
   // resume, checkpoint, evaluation or metrics file (`condensa bench train`).
   BenchResult benchmark(int64_t warmup, int64_t steps);
+  // Called when the steps begin (after resume) and when the final validation begins (after the
+  // last checkpoint): `condensa train` makes a stop signal exit at once outside the steps.
+  enum class Phase { kSteps, kFinalValidation };
+  void set_phase_listener(std::function<void(Phase)> listener) { on_phase_ = std::move(listener); }
 
   model::TransformerImpl& model() { return *model_; }
   const parallel::Mesh& mesh() const { return mesh_; }
@@ -110,6 +115,7 @@ class Trainer {
   std::string last_checkpoint_;
   int64_t consecutive_skips_ = 0;
   std::vector<torch::Tensor> language_counts_;  // per MoE layer [languages, E], log interval
+  std::function<void(Phase)> on_phase_;
 };
 
 }  // namespace condensa::trainer

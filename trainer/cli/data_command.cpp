@@ -109,6 +109,12 @@ int prepare_command(const std::vector<std::string>& args) {
   for (const auto& input : p.get_all("--input")) {
     for (auto& f : input_files(input)) files.push_back(std::move(f));
   }
+  // Refused before the shard directory is created: a shard without tokens trains nothing.
+  const bool all_empty = std::all_of(files.begin(), files.end(),
+                                     [](const fs::path& f) { return fs::file_size(f) == 0; });
+  CONDENSA_CHECK(!all_empty, DataError, "condensa data prepare: every input file is empty (",
+                 files.size(), files.size() == 1 ? " file" : " files", "); no shard written to ",
+                 out);
   ShardWriter writer(out, tokenizer->name(), tokenizer->vocab_size());
   int64_t skipped = 0;
   for (const auto& file : files) {

@@ -25,12 +25,27 @@ void require_one_of(const std::string& key,
   }
   throw ConfigError(str(key, " = '", value, "': must be one of ", all));
 }
+// Upper bounds keep every count far below what would overflow or exhaust memory before the
+// memory estimate (trainer/config/memory.h) can name the keys; they are generous for real runs.
+template <class T>
+void require_in(const std::string& key, T value, T lo, T hi, const std::string& note = "") {
+  require(value >= lo && value <= hi, key, value,
+          str("must be in [", lo, ", ", hi, "]", note.empty() ? "" : " ", note));
+}
+constexpr int64_t kMaxThreads = 1024;
+constexpr int64_t kMaxSteps = int64_t{1} << 40;
+constexpr int64_t kMaxBatch = int64_t{1} << 24;  // sequences per step
+constexpr int64_t kMaxSeqLen = int64_t{1} << 24;
+constexpr int64_t kMaxEvalBatches = 1000000;
+constexpr int64_t kMaxRanks = int64_t{1} << 20;
+constexpr double kMaxTimeoutS = 7 * 24 * 3600.0;
+constexpr int64_t kMaxKeep = 1000000;
 }  // namespace
 
 void RunConfig::validate() const {
   require(!dir.empty(), "run.dir", "''", "must not be empty");
   require(seed >= 0, "run.seed", seed, "must be >= 0");
-  require(threads >= 0, "run.threads", threads, "must be >= 0");
+  require_in<int64_t>("run.threads", threads, 0, kMaxThreads, "(0 = cores / ranks on the node)");
 }
 
 void DataConfig::validate() const {
@@ -45,47 +60,47 @@ void DataConfig::validate() const {
 }
 
 void TrainConfig::validate() const {
-  require(steps >= 1, "train.steps", steps, "must be >= 1");
-  require(global_batch_size >= 1, "train.global_batch_size", global_batch_size, "must be >= 1");
-  require(micro_batch_size >= 1, "train.micro_batch_size", micro_batch_size, "must be >= 1");
-  require(seq_len >= 2, "train.seq_len", seq_len, "must be >= 2");
+  require_in<int64_t>("train.steps", steps, 1, kMaxSteps);
+  require_in<int64_t>("train.global_batch_size", global_batch_size, 1, kMaxBatch);
+  require_in<int64_t>("train.micro_batch_size", micro_batch_size, 1, global_batch_size,
+                      "(at most train.global_batch_size)");
+  require_in<int64_t>("train.seq_len", seq_len, 2, kMaxSeqLen);
   require_one_of("train.dtype", dtype, {"fp32", "bf16"});
   require(grad_clip >= 0, "train.grad_clip", grad_clip, "must be >= 0");
-  require(eval_every >= 0, "train.eval_every", eval_every, "must be >= 0");
-  require(eval_batches >= 1, "train.eval_batches", eval_batches, "must be >= 1");
-  require(stop_at_step >= 0, "train.stop_at_step", stop_at_step, "must be >= 0 (0 = off)");
-  require(max_skipped_steps >= 0, "train.max_skipped_steps", max_skipped_steps, "must be >= 0");
+  require_in<int64_t>("train.eval_every", eval_every, 0, kMaxSteps, "(0 = only at the end)");
+  require_in<int64_t>("train.eval_batches", eval_batches, 1, kMaxEvalBatches);
+  require_in<int64_t>("train.stop_at_step", stop_at_step, 0, kMaxSteps, "(0 = off)");
+  require_in<int64_t>("train.max_skipped_steps", max_skipped_steps, 0, kMaxSteps);
 }
 
 void OptimConfig::validate() const {
   require(lr > 0, "optim.lr", lr, "must be > 0");
   require(min_lr >= 0 && min_lr <= lr, "optim.min_lr", min_lr,
           str("must be in [0, optim.lr (", lr, ")]"));
-  require(warmup_steps >= 0, "optim.warmup_steps", warmup_steps, "must be >= 0");
+  require_in<int64_t>("optim.warmup_steps", warmup_steps, 0, kMaxSteps);
   require_one_of("optim.schedule", schedule, {"cosine", "linear", "constant"});
   require(beta1 >= 0 && beta1 < 1, "optim.beta1", beta1, "must be in [0, 1)");
   require(beta2 >= 0 && beta2 < 1, "optim.beta2", beta2, "must be in [0, 1)");
-  require(eps > 0, "optim.eps", eps, "must be > 0");
+  require(eps > 0 && eps <= 1, "optim.eps", eps, "must be in (0, 1]");
   require(weight_decay >= 0, "optim.weight_decay", weight_decay, "must be >= 0");
 }
 
 void ParallelConfig::validate() const {
-  require(expert_parallel >= 1, "parallel.expert_parallel", expert_parallel, "must be >= 1");
-  require(pipeline_parallel >= 1, "parallel.pipeline_parallel", pipeline_parallel, "must be >= 1");
+  require_in<int64_t>("parallel.expert_parallel", expert_parallel, 1, kMaxRanks);
+  require_in<int64_t>("parallel.pipeline_parallel", pipeline_parallel, 1, kMaxRanks);
   require(zero_stage == 0 || zero_stage == 1, "parallel.zero_stage", zero_stage, "must be 0 or 1");
-  require(timeout_s >= 0, "parallel.timeout_s", timeout_s,
-          "must be >= 0 (0 disables the watchdog)");
+  require_in<double>("parallel.timeout_s", timeout_s, 0, kMaxTimeoutS, "(0 disables the watchdog)");
   require_one_of("parallel.backend", backend, {"auto", "mpi", "nccl"});
-  require(ranks_per_node >= 0, "parallel.ranks_per_node", ranks_per_node, "must be >= 0");
+  require_in<int64_t>("parallel.ranks_per_node", ranks_per_node, 0, kMaxRanks, "(0 = discover)");
 }
 
 void CheckpointConfig::validate() const {
-  require(every >= 0, "checkpoint.every", every, "must be >= 0");
-  require(keep >= 0, "checkpoint.keep", keep, "must be >= 0");
+  require_in<int64_t>("checkpoint.every", every, 0, kMaxSteps, "(0 = only at the end)");
+  require_in<int64_t>("checkpoint.keep", keep, 0, kMaxKeep, "(0 = all)");
   require(!resume.empty(), "checkpoint.resume", "''", "must be auto, none or a path");
 }
 
-void LogConfig::validate() const { require(every >= 1, "log.every", every, "must be >= 1"); }
+void LogConfig::validate() const { require_in<int64_t>("log.every", every, 1, kMaxSteps); }
 
 void Config::validate() const {
   run.validate();
@@ -101,8 +116,12 @@ void Config::validate() const {
                           ") is smaller than the vocabulary of data.tokenizer 'byte' (259)"));
   }
   if (train.seq_len + model.mtp_depth > model.max_seq_len) {
-    throw ConfigError(str("train.seq_len (", train.seq_len, ") exceeds model.max_seq_len (",
-                          model.max_seq_len, ")"));
+    // MTP module k predicts k tokens further, so the RoPE tables must cover seq_len + mtp_depth.
+    const std::string need = model.mtp_depth == 0
+                                 ? str("train.seq_len (", train.seq_len, ")")
+                                 : str("train.seq_len (", train.seq_len, ") + model.mtp_depth (",
+                                       model.mtp_depth, ") = ", train.seq_len + model.mtp_depth);
+    throw ConfigError(str(need, " exceeds model.max_seq_len (", model.max_seq_len, ")"));
   }
   if (model.num_routed_experts % parallel.expert_parallel != 0) {
     throw ConfigError(str("parallel.expert_parallel (", parallel.expert_parallel,

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <set>
@@ -187,6 +188,33 @@ class Writer {
   YAML::Emitter& out_;
 };
 
+// The 1-based line of a node, for messages.
+int line_of(const YAML::Node& n) { return n.Mark().line + 1; }
+
+// Keys of one mapping: plain scalars, each once. yaml-cpp keeps every entry of a mapping with a
+// repeated key and its `node[key]` returns the first, while most YAML tools take the last: a
+// repeated key (or section) is an error naming both lines, never a silent choice.
+void check_keys(const YAML::Node& map, const std::string& prefix, const std::string& source) {
+  std::vector<std::pair<std::string, int>> seen;
+  for (const auto& kv : map) {
+    const YAML::Node& key = kv.first;
+    const std::string where = str(source, ": line ", line_of(key), ": ");
+    if (!key.IsScalar()) {
+      throw ConfigError(str(where, "a key ", prefix.empty() ? "at the top level" : "in " + prefix,
+                            " is ", scalar_text(key), "; keys must be plain names"));
+    }
+    const std::string path = prefix.empty() ? key.Scalar() : prefix + "." + key.Scalar();
+    for (const auto& [name, line] : seen) {
+      if (name == key.Scalar()) {
+        throw ConfigError(str(where, "duplicate ", prefix.empty() ? "section" : "key", " '", path,
+                              "' (first at line ", line, ")"));
+      }
+    }
+    seen.emplace_back(key.Scalar(), line_of(key));
+    if (prefix.empty() && kv.second.IsMap()) check_keys(kv.second, path, source);
+  }
+}
+
 // Applies "section.key=value" to the YAML tree before the typed parse.
 void apply_override(YAML::Node& root, const std::string& text) {
   auto eq = text.find('=');
@@ -235,20 +263,55 @@ Config parse_config_text(const std::string& text,
                          const std::string& source_name) {
   YAML::Node root;
   try {
-    root = YAML::Load(text);
+    std::vector<YAML::Node> docs = YAML::LoadAll(text);
+    if (docs.size() > 1) {
+      throw ConfigError(str(source_name, ": line ", line_of(docs[1]), ": a second YAML document (",
+                            docs.size(), " in all); a config is one document"));
+    }
+    if (!docs.empty()) root = docs.front();
+    if (root.IsDefined() && !root.IsNull() && !root.IsMap()) {
+      throw ConfigError(str(source_name, ": line ", line_of(root),
+                            ": expected a mapping of sections (run:, model:, train:, ...) at the "
+                            "top level, got ",
+                            scalar_text(root)));
+    }
+    if (root.IsMap()) check_keys(root, "", source_name);
+    return parse_root(root, overrides, source_name);
   } catch (const YAML::Exception& e) {
+    // Includes yaml-cpp's conversion errors, so none escapes as "bad conversion".
     throw ConfigError(str(source_name, ": invalid YAML at line ", e.mark.line + 1, ", column ",
                           e.mark.column + 1, ": ", e.msg));
   }
-  return parse_root(root, overrides, source_name);
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (std::filesystem::is_directory(status)) {
+    throw ConfigError(str("config '", path, "' is a directory, not a YAML file"));
+  }
   std::ifstream in(path);
-  if (!in) throw ConfigError(str("cannot read config file '", path, "'"));
+  if (!in || !std::filesystem::is_regular_file(status)) {
+    throw ConfigError(str("cannot read config file '", path, "'"));
+  }
   std::stringstream ss;
   ss << in.rdbuf();
-  return parse_config_text(ss.str(), overrides, path);
+  const std::string text = ss.str();
+  // An empty file (or one of comments only) would train the built-in defaults into
+  // runs/default: almost always a wrong path or an unsaved file.
+  bool empty = false;
+  try {
+    const YAML::Node root = YAML::Load(text);
+    empty = !root.IsDefined() || root.IsNull();
+  } catch (const YAML::Exception&) {
+    // Not empty; parse_config_text reports the error with its line.
+  }
+  if (empty) {
+    throw ConfigError(str("config file '", path,
+                          "' is empty (no sections); write at least one section, e.g. start from "
+                          "configs/tiny.yaml"));
+  }
+  return parse_config_text(text, overrides, path);
 }
 
 std::string config_to_yaml(const Config& config) {

@@ -260,6 +260,83 @@ TEST(Shard, WriterRejectsBadInput) {
   EXPECT_THROW(ShardWriter(tmp.path() / "s", "byte", 259), DataError);  // already a shard
 }
 
+TEST(Shard, IndexRecordsTheLargestTokenId) {
+  TempDir tmp("shard");
+  write_shard(tmp.path() / "s", {{5, 17}, {3}, {}}, "byte", 259);
+  nlohmann::json j;
+  std::ifstream(tmp.path() / "s" / "index.json") >> j;
+  EXPECT_EQ(j.at("max_token_id"), 17);
+  EXPECT_EQ(TokenShard::open(tmp.path() / "s").info().max_token_id, 17);
+}
+
+TEST(Shard, IdOutsideVocabularyIsFoundEvenWithARecomputedChecksum) {
+  // The edit of the issue: an id past the vocabulary written into tokens.bin, and the checksum
+  // in index.json recomputed so that it matches.
+  TempDir tmp("shard");
+  const fs::path dir = tmp.path() / "s";
+  write_shard(dir, {{'a', 'b', 'c', 'd'}}, "byte", 259);
+  const char edited[] = {'a', 0, 'b', 0, 0x2c, 0x01, 'd', 0};  // token 2 = 300
+  patch(dir / "tokens.bin", kShardHeaderBytes, std::string(edited, sizeof edited));
+  edit_index(dir, "checksum", format_checksum(fnv1a64(edited, sizeof edited)));
+  auto msg = open_error(dir);
+  EXPECT_TRUE(contains(msg,
+                       "tokens.bin: token id 300 at position 2 is outside the vocabulary "
+                       "[0, 259)"))
+      << msg;
+  // Also with an index that claims the new largest id: it must still fit the vocabulary.
+  edit_index(dir, "max_token_id", 300);
+  msg = open_error(dir, /*verify=*/false);
+  EXPECT_TRUE(contains(msg, "index.json: max_token_id 300 is outside the vocabulary [0, 259)"))
+      << msg;
+}
+
+TEST(Shard, LargestIdDisagreeingWithIndexIsNamed) {
+  TempDir tmp("shard");
+  const fs::path dir = tmp.path() / "s";
+  write_shard(dir, {{'a', 'b'}}, "byte", 259);
+  edit_index(dir, "max_token_id", 'a');
+  auto msg = open_error(dir);
+  EXPECT_TRUE(contains(msg, "the largest token id is 98 but index.json says max_token_id 97"))
+      << msg;
+}
+
+TEST(Shard, ShardWithoutMaxTokenIdStillOpens) {
+  TempDir tmp("shard");
+  const fs::path dir = tmp.path() / "s";
+  write_shard(dir, {{'a', 'b'}}, "byte", 259);
+  nlohmann::json j;
+  std::ifstream(dir / "index.json") >> j;
+  j.erase("max_token_id");
+  std::ofstream(dir / "index.json") << j.dump(2);
+  EXPECT_EQ(open_error(dir), "");
+  EXPECT_EQ(TokenShard::open(dir).info().max_token_id, -1);
+}
+
+TEST(Shard, DirectoryInPlaceOfTokensBinIsNamed) {
+  TempDir tmp("shard");
+  const fs::path dir = tmp.path() / "s";
+  write_shard(dir, {{'a', 'b'}}, "byte", 259);
+  fs::remove(dir / "tokens.bin");
+  fs::create_directory(dir / "tokens.bin");
+  auto msg = open_error(dir);
+  EXPECT_TRUE(contains(msg, (dir / "tokens.bin").string() + ": is a directory, expected a "
+                                                            "regular file"))
+      << msg;
+}
+
+TEST(Shard, ShardWithoutTokensIsNotWritten) {
+  TempDir tmp("shard");
+  ShardWriter w(tmp.path() / "s", "byte", 259);
+  w.add_document({});
+  try {
+    w.finish();
+    FAIL() << "no exception";
+  } catch (const DataError& e) {
+    EXPECT_TRUE(contains(e.what(), "no tokens (1 documents)")) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(tmp.path() / "s" / "index.json"));
+}
+
 TEST(Shard, DatasetConcatenatesShardDirsInNameOrder) {
   TempDir tmp("shard");
   auto a = random_docs(4, 259, 10);

@@ -78,7 +78,7 @@ const Case kCases[] = {
      {"model.router_bias", "true or false", "'maybe'"}},
     {"mapping for scalar", "train: {steps: {a: 1}}", {}, {"train.steps", "mapping"}},
     {"section not a map", "train: 5", {}, {"train", "mapping"}},
-    {"negative steps", "train: {steps: 0}", {}, {"train.steps = 0", ">= 1"}},
+    {"negative steps", "train: {steps: 0}", {}, {"train.steps = 0", "must be in [1, "}},
     {"top_k > experts",
      "model: {num_routed_experts: 4, top_k: 5}",
      {},
@@ -104,15 +104,15 @@ const Case kCases[] = {
     {"pp at least one",
      "parallel: {pipeline_parallel: 0}",
      {},
-     {"parallel.pipeline_parallel = 0", ">= 1"}},
+     {"parallel.pipeline_parallel = 0", "must be in [1, "}},
     {"ep at least one",
      "parallel: {expert_parallel: 0}",
      {},
-     {"parallel.expert_parallel = 0", ">= 1"}},
+     {"parallel.expert_parallel = 0", "must be in [1, "}},
     {"ranks_per_node not negative",
      "parallel: {ranks_per_node: -1}",
      {},
-     {"parallel.ranks_per_node = -1", ">= 0"}},
+     {"parallel.ranks_per_node = -1", "must be in [0, "}},
     {"pp divides world",
      "parallel: {pipeline_parallel: 3}",
      {},
@@ -159,6 +159,84 @@ const Case kCases[] = {
     {"invalid yaml", "train: [1, 2", {}, {"test.yaml", "invalid YAML", "line"}},
     {"log every", "log: {every: 0}", {}, {"log.every = 0"}},
     {"dtype", "train: {dtype: fp8}", {}, {"train.dtype", "'fp8'", "fp32 | bf16"}},
+    // Strict YAML: repeated keys and sections, keys that are not names, several documents.
+    {"duplicate key",
+     "train:\n  steps: 5\n  seq_len: 16\n  steps: 7\n",
+     {},
+     {"test.yaml: line 4: duplicate key 'train.steps' (first at line 2)"}},
+    {"duplicate section",
+     "train: {steps: 5}\nlog: {every: 1}\ntrain: {stpes: 7}\n",
+     {},
+     {"test.yaml: line 3: duplicate section 'train' (first at line 1)"}},
+    {"list as key",
+     "train:\n  ? [a, b]\n  : 1\n",
+     {},
+     {"test.yaml: line 2: a key in train is a list; keys must be plain names"}},
+    {"mapping as section name",
+     "train: {steps: 5}\n{x: 1}: 2\n",
+     {},
+     {"test.yaml: line 2: a key at the top level is a mapping"}},
+    {"second document",
+     "train: {steps: 5}\n---\ntrain: {steps: 6}\n",
+     {},
+     {"test.yaml: line 3: a second YAML document (2 in all)"}},
+    // Bounds: the absurd values of the issue, each refused by its key before any allocation.
+    {"threads bound", "run: {threads: 1000000}", {}, {"run.threads = 1000000", "[0, 1024]"}},
+    {"global batch bound",
+     "train: {global_batch_size: 4611686018427387904}",
+     {},
+     {"train.global_batch_size = 4611686018427387904", "[1, 16777216]"}},
+    {"micro batch above global",
+     "train: {global_batch_size: 8, micro_batch_size: 16}",
+     {},
+     {"train.micro_batch_size = 16", "at most train.global_batch_size"}},
+    {"eval batches bound",
+     "train: {eval_batches: 1000000000000}",
+     {},
+     {"train.eval_batches = 1000000000000", "[1, 1000000]"}},
+    {"vocab bound",
+     "model: {vocab_size: 1099511627776}",
+     {},
+     {"model.vocab_size = 1099511627776", "[2, 2147483647]"}},
+    {"hidden bound", "model: {hidden_size: 16777216}", {}, {"model.hidden_size = 16777216"}},
+    {"max_seq_len bound",
+     "model: {max_seq_len: 2147483648}",
+     {},
+     {"model.max_seq_len = 2147483648"}},
+    {"heads bound", "model: {num_heads: 100000}", {}, {"model.num_heads = 100000", "[1, 16384]"}},
+    {"intermediate bound",
+     "model: {intermediate_size: 9223372036854775807}",
+     {},
+     {"model.intermediate_size = 9223372036854775807"}},
+    {"timeout bound", "parallel: {timeout_s: 1e300}", {}, {"parallel.timeout_s", "604800"}},
+    {"keep bound", "checkpoint: {keep: 10000000000}", {}, {"checkpoint.keep = 10000000000"}},
+    {"bias until step",
+     "model: {bias_update_until_step: -2}",
+     {},
+     {"model.bias_update_until_step = -2"}},
+    {"capacity above experts",
+     "model: {capacity_factor: 1e300}",
+     {},
+     {"model.capacity_factor", "model.num_routed_experts (8)"}},
+    // YaRN keys, checked whatever rope_factor is: out of range they make NaN RoPE tables.
+    {"yarn betas zero",
+     "model: {rope_factor: 40, rope_beta_fast: 0, rope_beta_slow: 0}",
+     {},
+     {"model.rope_beta_slow = 0", "must be > 0"}},
+    {"yarn beta order",
+     "model: {rope_beta_fast: 1, rope_beta_slow: 2}",
+     {},
+     {"model.rope_beta_fast = 1", "must be in (model.rope_beta_slow (2), "}},
+    {"yarn original context",
+     "model: {rope_factor: 40, rope_original_max_seq_len: -4096}",
+     {},
+     {"model.rope_original_max_seq_len = -4096"}},
+    {"yarn mscale", "model: {rope_mscale_all_dim: -1}", {}, {"model.rope_mscale_all_dim = -1"}},
+    {"rope theta", "model: {rope_theta: 1}", {}, {"model.rope_theta = 1", "must be in (1, "}},
+    {"seq_len plus mtp",
+     "model: {max_seq_len: 128, mtp_depth: 1}\ntrain: {seq_len: 128}",
+     {},
+     {"train.seq_len (128) + model.mtp_depth (1) = 129 exceeds model.max_seq_len (128)"}},
 };
 
 INSTANTIATE_TEST_SUITE_P(All, ConfigErrors, ::testing::ValuesIn(kCases), case_name);
@@ -235,6 +313,26 @@ TEST(Config, MissingFileIsNamed) {
     FAIL();
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/x.yaml"), std::string::npos);
+  }
+}
+
+TEST(Config, DirectoryOrEmptyFileIsRefused) {
+  condensa::testing::TempDir dir;
+  auto message = [](const std::string& path) -> std::string {
+    try {
+      load_config(path);
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(message(dir.str()).find("config '" + dir.str() + "' is a directory"), std::string::npos)
+      << message(dir.str());
+  for (const char* text : {"", "# only a comment\n\n", "~\n"}) {
+    const std::string file = (dir.path() / "empty.yaml").string();
+    std::ofstream(file) << text;
+    EXPECT_NE(message(file).find("config file '" + file + "' is empty"), std::string::npos)
+        << "text '" << text << "': " << message(file);
   }
 }
 
