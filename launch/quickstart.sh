@@ -37,11 +37,14 @@ if (( status != 0 )); then
 fi
 
 bin_rel="${CONDENSA_BIN#"$root"/}"
+"$CONDENSA_BIN" report "$run_dir" >/dev/null
 cat <<EOF
 
 quickstart: done.
+  report      $run_dir/report.html  (open in a browser: curves, expert load heatmaps, config)
   checkpoint  $run_dir/checkpoints/latest  (names the newest step directory)
   metrics     $run_dir/metrics.jsonl  (one JSON object per logged step)
+  tensorboard .deps/pyenv/bin/tensorboard --logdir $run_dir/tb
   log         $log
 
 Try the model (greedy decoding):
@@ -49,4 +52,5 @@ Try the model (greedy decoding):
 Score it on text or token shards:
   $bin_rel eval --checkpoint $run_dir --data FILE_OR_SHARD_DIR
 Launching on more ranks or machines, stopping and resuming: docs/launch.md
+Rebuild the report of a running or finished run: $bin_rel report $run_dir (docs/observe.md)
 EOF

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Installs everything condensa needs to build and test on Debian 12, idempotently:
 # a fast no-op when everything is already present.
-#   1. Debian packages (compiler, CMake, Open MPI, yaml-cpp, nlohmann-json, GoogleTest).
+#   1. Debian packages (compiler, CMake, Open MPI, yaml-cpp, nlohmann-json, GoogleTest, and
+#      Chromium: the report test renders `condensa report`'s page in headless Chromium).
 #   2. LibTorch 2.11 into the project-local prefix .deps/libtorch (git-ignored), taken from
 #      PyPI's torch==2.11.0 wheel; the build finds it there without any setting.
-#   3. A project-local Python venv, .deps/pyenv (git-ignored), holding the `safetensors` and
-#      `numpy` packages from PyPI: the end-to-end tests read condensa's checkpoints and exports
-#      with that standard reader.
+#   3. A project-local Python venv, .deps/pyenv (git-ignored), holding packages from PyPI
+#      that the end-to-end tests read condensa's files with: `safetensors` and `numpy`
+#      (checkpoints and exports), `tensorboard` (the event files under run.dir/tb/), `pillow`
+#      (the report's screenshot).
 # Environment: CONDENSA_TORCH_WHEEL=/path/to/torch-2.11.0-*.whl uses an already downloaded
 # wheel instead of PyPI (machines without network).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYENV="$root/.deps/pyenv"
-PY_PACKAGES=(safetensors numpy)
+# PyPI name:import name of each package the venv must hold.
+PY_PACKAGES=(safetensors:safetensors numpy:numpy tensorboard:tensorboard pillow:PIL)
 
 # ---- 1. Debian packages -------------------------------------------------------------------
 PACKAGES=(
@@ -21,6 +24,7 @@ PACKAGES=(
   libyaml-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev
   libopenmpi-dev openmpi-bin
+  chromium
 )
 
 install_debian_packages() {
@@ -46,19 +50,28 @@ install_debian_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# The venv is complete when its python imports every package; otherwise (re)create it.
+# The venv is complete when its python imports every package; a missing one is installed into
+# the existing venv (one that cannot run python is recreated).
 install_python_venv() {
-  local imports
-  imports="$(IFS=,; echo "${PY_PACKAGES[*]}")"
-  if [ -x "$PYENV/bin/python" ] && "$PYENV/bin/python" -c "import $imports" 2>/dev/null; then
-    echo "setup: Python venv $PYENV present"
-    return
+  local entry missing=() imports=()
+  for entry in "${PY_PACKAGES[@]}"; do imports+=("${entry#*:}"); done
+  if [ -x "$PYENV/bin/python" ] && "$PYENV/bin/python" -c "import sys" 2>/dev/null; then
+    for entry in "${PY_PACKAGES[@]}"; do
+      "$PYENV/bin/python" -c "import ${entry#*:}" 2>/dev/null || missing+=("${entry%%:*}")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+      echo "setup: Python venv $PYENV present"
+      return
+    fi
+  else
+    echo "setup: creating Python venv $PYENV"
+    rm -rf "$PYENV"
+    python3 -m venv "$PYENV"
+    for entry in "${PY_PACKAGES[@]}"; do missing+=("${entry%%:*}"); done
   fi
-  echo "setup: creating Python venv $PYENV (${PY_PACKAGES[*]})"
-  rm -rf "$PYENV"
-  python3 -m venv "$PYENV"
-  "$PYENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
-  "$PYENV/bin/python" -c "import $imports"
+  echo "setup: installing ${missing[*]} into $PYENV"
+  "$PYENV/bin/python" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+  "$PYENV/bin/python" -c "import $(IFS=,; echo "${imports[*]}")"
 }
 
 install_debian_packages
@@ -107,6 +120,6 @@ PY
   echo "setup: LibTorch $TORCH_VERSION installed ($(du -sh "$prefix" | cut -f1))"
 fi
 
-# ---- 3. Python venv with the standard safetensors reader -----------------------------------
+# ---- 3. Python venv with the standard readers (safetensors, TensorBoard, Pillow) -----------------------------------
 install_python_venv
 echo "setup: done"

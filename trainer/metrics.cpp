@@ -126,6 +126,12 @@ void truncate_metrics_after(const std::string& path, int64_t last_step) {
   atomic_write_file(path, kept);
 }
 
+std::string moe_layer_name(const model::ModelConfig& m, size_t i) {
+  const size_t main_moe = static_cast<size_t>(m.num_layers - m.num_dense_layers);
+  if (i < main_moe) return "layer" + std::to_string(m.num_dense_layers + static_cast<int64_t>(i));
+  return "mtp" + std::to_string(i - main_moe);
+}
+
 std::string describe_model(const model::ModelConfig& m) {
   auto counts = model::count_parameters(m);
   std::ostringstream os;

@@ -46,6 +46,9 @@ void write_eval_line(std::ofstream& out, int64_t step, double val_loss);
 void print_progress_line(const MetricsRecord& rec);
 // Keeps the records with step <= last_step (all when the file does not exist).
 void truncate_metrics_after(const std::string& path, int64_t last_step);
+// The name of entry `i` of a record's `moe` list (model::moe_layers order): "layer3" for the
+// transformer block it sits in, "mtp0" for the first MTP module.
+std::string moe_layer_name(const model::ModelConfig& m, size_t i);
 // "4 layers (1 dense), d 64, 8 experts top-2 + 1 shared, 1.2M params (0.6M active)".
 std::string describe_model(const model::ModelConfig& m);
 

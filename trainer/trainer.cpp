@@ -19,6 +19,7 @@
 #include "trainer/metrics.h"
 #include "trainer/optim/lr_schedule.h"
 #include "trainer/parallelize.h"
+#include "trainer/report.h"
 
 namespace fs = std::filesystem;
 
@@ -374,6 +375,7 @@ void Trainer::log_step(int64_t step,
   }
   if (is_logger()) {
     write_metrics_line(metrics_, rec, data_->language_names());
+    if (tensorboard_) tensorboard_->write_step(rec);
     print_progress_line(rec);
   }
 }
@@ -505,6 +507,12 @@ TrainSummary Trainer::run() {
     // The metrics file continues the resumed curve: records after the resumed step are dropped.
     truncate_metrics_after((fs::path(cfg_.run.dir) / "metrics.jsonl").string(), start);
     metrics_.open((fs::path(cfg_.run.dir) / "metrics.jsonl").string(), std::ios::app);
+    if (cfg_.log.tensorboard) {
+      tensorboard_ = std::make_unique<TensorBoardLog>((fs::path(cfg_.run.dir) / "tb").string(),
+                                                      cfg_.model, start + 1);
+    }
+    atomic_write_file((fs::path(cfg_.run.dir) / "layout.json").string(),
+                      layout_json(mesh_, cfg_, device_.str()).dump(2) + "\n");
     std::printf(
         "condensa: %s | %s | device %s | %ld threads/rank | peak %.1f GFLOP/s/rank (%s matmul)\n",
         mesh_.describe().c_str(), describe_model(cfg_.model).c_str(), device_.str().c_str(),
@@ -539,6 +547,7 @@ TrainSummary Trainer::run() {
       if (is_logger()) {
         std::printf("  step %ld validation loss %.4f\n", static_cast<long>(step), val);
         write_eval_line(metrics_, step, val);
+        if (tensorboard_) tensorboard_->write_eval(step, val);
       }
     }
     const bool stop_step =
@@ -565,6 +574,7 @@ TrainSummary Trainer::run() {
     summary.final_val_loss = validation_loss();
     if (is_logger()) {
       write_eval_line(metrics_, cfg_.train.steps, summary.final_val_loss);
+      if (tensorboard_) tensorboard_->write_eval(cfg_.train.steps, summary.final_val_loss);
       const double avg = timed_steps_ > 0 ? train_seconds_ / timed_steps_ : 0;
       const double tps = avg > 0 ? cfg_.train.global_batch_size * cfg_.train.seq_len / avg : 0;
       std::printf(

@@ -20,6 +20,7 @@
 #include "parallel/mesh.h"
 #include "trainer/config/config.h"
 #include "trainer/optim/optimizer.h"
+#include "trainer/tensorboard.h"
 
 namespace condensa::trainer {
 
@@ -107,6 +108,7 @@ class Trainer {
   std::unique_ptr<Optimizer> optim_;
   std::unique_ptr<data::DataSource> data_;
   std::ofstream metrics_;
+  std::unique_ptr<TensorBoardLog> tensorboard_;  // rank 0, when log.tensorboard
   torch::Device device_{torch::kCPU};
   int64_t tokens_seen_ = 0;
   double flops_per_token_ = 0, peak_flops_ = 0;

@@ -17,6 +17,7 @@ int export_command(const Args& args);
 int import_command(const Args& args);
 int plan_command(const Args& args);
 int bench_command(const Args& args);
+int report_command(const Args& args);
 
 }  // namespace condensa::trainer
 

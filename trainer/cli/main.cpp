@@ -26,6 +26,7 @@ const Command kCommands[] = {
      "make a checkpoint from a Hugging Face directory"},
     {"plan", condensa::trainer::plan_command, "parameter counts, memory, communication, time and cost of a layout"},
     {"bench", condensa::trainer::bench_command, "micro-benchmarks (matmul, alltoall, moe)"},
+    {"report", condensa::trainer::report_command, "an HTML page of a run's curves and load"},
 };
 
 void print_usage() {

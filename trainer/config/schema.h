@@ -148,9 +148,11 @@ struct CheckpointConfig {
 
 struct LogConfig {
   int64_t every = 10;
+  bool tensorboard = true;
   template <class V>
   void visit(V& v) {
     v("every", every, "console line and metrics.jsonl record every N steps");
+    v("tensorboard", tensorboard, "also write the records as TensorBoard events in run.dir/tb/");
   }
   void validate() const;
 };
