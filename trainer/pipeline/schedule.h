@@ -40,10 +40,10 @@
 //    (its steps 3, 6, 7, 8). The W passes are simply absent, and a pair runs its forward and
 //    backward one after the other in the simulator (the overlap only hides communication).
 //    (DualPipe's phase 0 is the direction in whose first half the rank sits: down on ranks
-//    < p/2, up on the others.) Bubble, as the simulator measures it: every rank idles (p - 2) t_b -
-//    t_f for t_b >= 2 t_f ((p - 2) t_f for t_b <= t_f; 0 for p = 2), whatever m, so with t_b = 2
-//    t_f the bubble is (2 p - 5) / (3 m) against 1f1b's 3 (p - 1) / (3 m). DualPipe with W passes
-//    would cut it further.
+//    < p/2, up on the others.) Bubble, as the simulator measures it (the tests hold it for
+//    p = 2..12 and several m): every rank idles (p - 2) t_b - t_f when t_b >= 2 t_f and
+//    (p - 2) t_f when t_b <= t_f (none for p = 2), whatever m; with t_b = 2 t_f the bubble is
+//    (2 p - 5) / (3 m), against 1f1b's 3 (p - 1) / (3 m). W passes would cut it further.
 #pragma once
 
 #include <string>
