@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -47,8 +48,38 @@ std::string did_you_mean(const std::string& key, const std::vector<std::string>&
   return " (known keys: " + all + ")";
 }
 
+// User text as it goes into a one-line message: control and non-ASCII bytes escaped, long
+// text cut (a quoted scalar may span many lines of the file).
+std::string printable(const std::string& s) {
+  constexpr size_t kMax = 60;
+  std::string out;
+  size_t i = 0;
+  for (; i < s.size() && out.size() < kMax; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c >= 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (i < s.size()) out += "...";
+  return out;
+}
+
+// " at line N" of a node read from a file (nothing for nodes without a position).
+std::string at_line(const YAML::Node& n) {
+  const YAML::Mark m = n.Mark();
+  return m.is_null() ? "" : str(" at line ", m.line + 1);
+}
+
 std::string scalar_text(const YAML::Node& n) {
-  if (n.IsScalar()) return "'" + n.Scalar() + "'";
+  if (n.IsScalar()) return "'" + printable(n.Scalar()) + "'";
   if (n.IsSequence()) return "a list";
   if (n.IsMap()) return "a mapping";
   return "null";
@@ -77,7 +108,8 @@ class Reader {
     for (const auto& kv : node_) {
       std::string k = kv.first.as<std::string>();
       if (std::find(known_.begin(), known_.end(), k) == known_.end()) {
-        throw ConfigError(str("unknown key '", prefix_, ".", k, "'", did_you_mean(k, known_)));
+        throw ConfigError(str("unknown key '", prefix_, ".", printable(k), "'", at_line(kv.first),
+                              did_you_mean(k, known_)));
       }
     }
   }
@@ -92,7 +124,7 @@ class Reader {
       if (pos != s.size()) throw std::invalid_argument(s);
       out = v;
     } catch (const std::exception&) {
-      throw ConfigError(str(path, ": expected an integer, got '", s, "'"));
+      throw ConfigError(str(path, ": expected an integer, got '", printable(s), "'"));
     }
   }
   static void read(const std::string& path, const YAML::Node& n, double& out) {
@@ -104,7 +136,7 @@ class Reader {
       if (pos != s.size() || !std::isfinite(v)) throw std::invalid_argument(s);
       out = v;
     } catch (const std::exception&) {
-      throw ConfigError(str(path, ": expected a finite number, got '", s, "'"));
+      throw ConfigError(str(path, ": expected a finite number, got '", printable(s), "'"));
     }
   }
   static void read(const std::string& path, const YAML::Node& n, bool& out) {
@@ -116,7 +148,7 @@ class Reader {
     } else if (s == "false" || s == "False" || s == "no" || s == "off" || s == "0") {
       out = false;
     } else {
-      throw ConfigError(str(path, ": expected true or false, got '", s, "'"));
+      throw ConfigError(str(path, ": expected true or false, got '", printable(s), "'"));
     }
   }
   static void read(const std::string& path, const YAML::Node& n, std::string& out) {
@@ -147,7 +179,8 @@ class SectionReader {
     for (const auto& kv : root_) {
       std::string k = kv.first.as<std::string>();
       if (std::find(sections_.begin(), sections_.end(), k) == sections_.end()) {
-        throw ConfigError(str("unknown section '", k, "'", did_you_mean(k, sections_)));
+        throw ConfigError(str("unknown section '", printable(k), "'", at_line(kv.first),
+                              did_you_mean(k, sections_)));
       }
     }
   }

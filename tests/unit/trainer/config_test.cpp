@@ -243,6 +243,27 @@ INSTANTIATE_TEST_SUITE_P(All, ConfigErrors, ::testing::ValuesIn(kCases), case_na
 
 }  // namespace
 
+// A quoted scalar that runs to the end of the file, or bytes that are not text, still make a
+// one-line message: the user's text is escaped and cut, and the line of the key is named.
+TEST(Config, UserTextInMessagesStaysOnOneLine) {
+  const std::string unterminated =
+      error_of("run:\n  seed: 1\n'unterminated\ntrain:\n  steps: 2\n\n\n");
+  EXPECT_NE(unterminated.find("unknown section 'unterminated train: steps: 2\\n"),
+            std::string::npos)
+      << unterminated;
+  EXPECT_NE(unterminated.find("at line 3"), std::string::npos) << unterminated;
+  EXPECT_EQ(unterminated.find('\n'), std::string::npos) << unterminated;
+
+  const std::string bytes = error_of("train:\n  steps: \"\\t\xe9\xff\"\n");
+  EXPECT_NE(bytes.find("train.steps: expected an integer, got '\\t\\xe9\\xff'"), std::string::npos)
+      << bytes;
+
+  const std::string long_key = error_of("run:\n  " + std::string(200, 'k') + ": 1\n");
+  EXPECT_NE(long_key.find("unknown key 'run." + std::string(60, 'k') + "...' at line 2"),
+            std::string::npos)
+      << long_key;
+}
+
 TEST(Config, DefaultsParseAndOverridesApplyInOrder) {
   auto c = parse_config_text("train: {steps: 7}",
                              {"train.steps=9", "optim.lr=0.5", "optim.lr=0.25", "run.dir=x"});
