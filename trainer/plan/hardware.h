@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,13 @@ struct CpuMeasureOptions {
 // micro-batch (with this rank's share of the cores), memory bandwidth of a large copy, and the
 // all-to-all bandwidth over `comm` when it has more than one rank (else a copy-based
 // estimate, noted in the profile). Collective over comm.
+// Seconds per call of fn, which calls collectives on comm: every rank calls it the same number
+// of times (agreed over comm: the most any rank needs for about `seconds`), since a count each
+// rank took from its own clock would leave one rank in a collective the others have left.
+double collective_seconds_per_call(parallel::Communicator& comm,
+                                   const std::function<void()>& fn,
+                                   double seconds);
+
 HardwareProfile measure_cpu_profile(const Config& config,
                                     parallel::Communicator& comm,
                                     const CpuMeasureOptions& options);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <thread>
 
 #include "common/error.h"
@@ -48,6 +49,23 @@ double projection_seconds(
 }
 
 }  // namespace
+
+double collective_seconds_per_call(parallel::Communicator& comm,
+                                   const std::function<void()>& fn,
+                                   double seconds) {
+  fn();
+  auto t0 = Clock::now();
+  fn();
+  const double once = std::chrono::duration<double>(Clock::now() - t0).count();
+  auto calls_t =
+      torch::tensor({std::clamp(seconds / std::max(once, 1e-9), 1.0, 1e5)}, torch::kFloat64);
+  comm.all_reduce(calls_t, parallel::ReduceOp::kMax);
+  const auto calls = static_cast<int64_t>(std::ceil(calls_t.item<double>()));
+  comm.barrier();
+  t0 = Clock::now();
+  for (int64_t i = 0; i < calls; ++i) fn();
+  return std::chrono::duration<double>(Clock::now() - t0).count() / static_cast<double>(calls);
+}
 
 HardwareProfile measure_cpu_profile(const Config& config,
                                     parallel::Communicator& comm,
@@ -163,7 +181,8 @@ HardwareProfile measure_cpu_profile(const Config& config,
     auto out = torch::empty_like(in);
     std::vector<int64_t> counts(n, rows);
     comm.barrier();
-    double t = time_per_call([&] { comm.all_to_all(in, counts, out, counts); }, 4 * secs);
+    double t = collective_seconds_per_call(
+        comm, [&] { comm.all_to_all(in, counts, out, counts); }, 4 * secs);
     auto slowest = torch::tensor({t}, torch::kFloat64);
     comm.all_reduce(slowest, parallel::ReduceOp::kMax);
     t = slowest.item<double>();
