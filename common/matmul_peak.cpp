@@ -1,5 +1,6 @@
 #include "common/matmul_peak.h"
 
+#include <algorithm>
 #include <chrono>
 
 namespace condensa {
@@ -17,16 +18,23 @@ double measure_matmul_flops(torch::ScalarType dtype,
   };
   auto c = torch::matmul(a, b);  // warm-up
   wait(c);
-  int64_t iters = 0;
-  auto t0 = std::chrono::steady_clock::now();
-  double elapsed = 0;
-  do {
-    for (int64_t i = 0; i < batch; ++i) c = torch::matmul(a, b);
-    wait(c);
-    iters += batch;
-    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  } while (elapsed < seconds);
-  return 2.0 * n * n * n * iters / elapsed;
+  // NOTE: the best of several windows: a window in which another process held a core (one
+  // OpenMP thread descheduled stalls the others) would otherwise set the peak, and MFU past 100%.
+  constexpr int kWindows = 5;
+  double best = 0;
+  for (int w = 0; w < kWindows; ++w) {
+    int64_t iters = 0;
+    auto t0 = std::chrono::steady_clock::now();
+    double elapsed = 0;
+    do {
+      for (int64_t i = 0; i < batch; ++i) c = torch::matmul(a, b);
+      wait(c);
+      iters += batch;
+      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    } while (elapsed < seconds / kWindows);
+    best = std::max(best, 2.0 * n * n * n * iters / elapsed);
+  }
+  return best;
 }
 
 }  // namespace condensa
