@@ -52,6 +52,15 @@ ParamCounts count_parameters(const ModelConfig& m) {
   return c;
 }
 
+double layer_active_params(const ModelConfig& m, int64_t layer) {
+  const double D = m.hidden_size;
+  const double expert = 3.0 * D * m.moe_intermediate_size;
+  const double ffn = m.is_moe_layer(layer)
+                         ? (m.top_k + m.num_shared_experts) * expert + D * m.num_routed_experts
+                         : 3.0 * D * m.intermediate_size;
+  return attention_params(m) + ffn + 2.0 * D;
+}
+
 double training_flops_per_token(const ModelConfig& m, int64_t seq_len) {
   const double D = m.hidden_size, H = m.num_heads;
   const double qk = m.qk_head_dim(), v = m.v_head_dim;

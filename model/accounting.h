@@ -27,6 +27,11 @@ struct ParamCounts {
 
 ParamCounts count_parameters(const ModelConfig& cfg);
 
+// Parameters one token passes through in decoder layer `layer` (0-based, main model): the
+// attention block, its two norms, and the dense MLP or the router + top_k routed + shared
+// experts. Summed over the layers with the embedding, final norm and LM head it is `active`.
+double layer_active_params(const ModelConfig& cfg, int64_t layer);
+
 // Model FLOPs per trained token (forward + backward): 6 x activated matmul parameters (MTP
 // modules and the LM head included, the embedding lookup not) + 3 x the causal attention
 // score and value matmuls (each query sees seq_len / 2 keys on average, 2 FLOPs per MAC).

@@ -169,29 +169,6 @@ double backward_s(const UnitCost& u, const Rates& r) {
 
 }  // namespace
 
-std::vector<int64_t> balanced_partition(const std::vector<double>& cost, int64_t pp) {
-  const int64_t n = static_cast<int64_t>(cost.size());
-  std::vector<double> prefix(n + 1, 0);
-  for (int64_t i = 0; i < n; ++i) prefix[i + 1] = prefix[i] + cost[i];
-  const double inf = std::numeric_limits<double>::infinity();
-  // best[s][i]: slowest stage when units [0, i) form s stages; cut[s][i]: start of the last.
-  std::vector<std::vector<double>> best(pp + 1, std::vector<double>(n + 1, inf));
-  std::vector<std::vector<int64_t>> cut(pp + 1, std::vector<int64_t>(n + 1, 0));
-  best[0][0] = 0;
-  for (int64_t s = 1; s <= pp; ++s) {
-    for (int64_t i = s; i <= n; ++i) {
-      for (int64_t j = s - 1; j < i; ++j) {
-        const double v = std::max(best[s - 1][j], prefix[i] - prefix[j]);
-        if (v < best[s][i]) best[s][i] = v, cut[s][i] = j;
-      }
-    }
-  }
-  std::vector<int64_t> first(pp + 1);
-  first[pp] = n;
-  for (int64_t s = pp, i = n; s >= 1; --s) i = first[s - 1] = cut[s][i];
-  return first;
-}
-
 namespace {
 
 // Probability that none of k experts drawn without replacement from `pool` lands in a given
@@ -281,7 +258,7 @@ Plan make_plan(const Config& c, int64_t world, const HardwareProfile& hw, const 
   // Stages: a contiguous split of the units balancing forward + backward compute.
   std::vector<double> cost;
   for (const auto& u : p.units) cost.push_back(forward_s(u, r) + backward_s(u, r));
-  p.stage_first_unit = balanced_partition(cost, pp);
+  p.stage_first_unit = pipeline::balanced_partition(cost, pp);
 
   // Communication per micro-batch.
   const bool multi_node = world > hw.ranks_per_node;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "trainer/config/schema.h"
+#include "trainer/pipeline/partition.h"
 #include "trainer/plan/hardware.h"
 
 namespace condensa::trainer::plan {
@@ -85,9 +86,8 @@ struct Plan {
 // modules, preceded by the embedding (no compute; its parameters sit on the first stage).
 std::vector<UnitCost> unit_costs(const Config& config, bool fused_attention);
 
-// A split of `cost` (in order) into `parts` non-empty contiguous runs minimising the largest
-// run's sum: first[s] is the first index of run s, first[parts] = cost.size().
-std::vector<int64_t> balanced_partition(const std::vector<double>& cost, int64_t parts);
+// The stage split (trainer/pipeline/partition.h), here by time per unit.
+using pipeline::balanced_partition;
 
 // Validates the layout against `world` (Config::validate_for_world plus the schedule's own
 // rules) and computes the plan. Throws ConfigError for a layout that cannot run.
