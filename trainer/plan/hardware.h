@@ -33,7 +33,11 @@ struct HardwareProfile {
   double intra_node_bandwidth = 0;  // achieved all-to-all bytes/s per rank inside a node
   double inter_node_bandwidth = 0;  // achieved bytes/s per rank between nodes
   int64_t ranks_per_node = 8;
-  double comm_compute_share = 0;   // compute given up to communication kernels while overlapping
+  double comm_compute_share = 0;  // compute given up to communication kernels while overlapping
+  // Forward + backward seconds per token of whole units, measured (the `cpu` profile): a dense
+  // and a MoE decoder block and the LM head with its loss. 0 = not measured: the plan then
+  // times units from their FLOPs and bytes at the rates above.
+  double dense_layer_s_per_token = 0, moe_layer_s_per_token = 0, head_s_per_token = 0;
   std::vector<std::string> notes;  // where each number comes from (printed by plan)
 };
 

@@ -11,6 +11,9 @@
 
 #include "common/error.h"
 #include "common/matmul_peak.h"
+#include "model/autocast.h"
+#include "model/moe/dispatcher.h"
+#include "model/transformer.h"
 #include "parallel/communicator.h"
 #include "trainer/config/schema.h"
 #include "trainer/plan/hardware.h"
@@ -34,6 +37,15 @@ double time_per_call(Fn&& fn, double seconds) {
     elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
   } while (elapsed < seconds);
   return elapsed / static_cast<double>(calls);
+}
+
+// Median of five timings of fn by time_per_call: one unit's timing is steadier than one window.
+template <class Fn>
+double median_time_per_call(Fn&& fn, double seconds) {
+  std::vector<double> t;
+  for (int i = 0; i < 5; ++i) t.push_back(time_per_call(fn, seconds / 5));
+  std::sort(t.begin(), t.end());
+  return t[2];
 }
 
 // Seconds of the three products of a [rows, in] x [in, out] projection in training: forward,
@@ -162,6 +174,54 @@ HardwareProfile measure_cpu_profile(const Config& config,
                        time_per_call([&] { return torch::bmm(p, v); }, secs);
       h.attention_efficiency = causal_flops / t / h.peak_flops;
     }
+  }
+
+  // Whole units at the micro-batch shape, forward + backward: a dense and a MoE decoder block
+  // and the LM head with its loss. They carry what rates alone miss on a CPU: matmuls as a
+  // backward pass runs them, the attention kernel, and the many small operators in between
+  // (each with its dispatch cost). The MoE block holds every expert with a local dispatcher:
+  // a uniform ep-way dispatch gives each rank the same T x top_k expert rows.
+  {
+    torch::AutoGradMode grad(true);
+    model::AutocastState ac = model::AutocastState::current();
+    if (dtype == torch::kBFloat16) ac.cpu_enabled = true, ac.cpu_dtype = at::kBFloat16;
+    model::AutocastScope autocast(ac);
+    const int64_t B = config.train.micro_batch_size, S = config.train.seq_len;
+    const auto rope = model::make_rope_tables(m);
+    model::DispatcherFactory local = [E = m.num_routed_experts](int64_t) {
+      return std::make_shared<model::LocalDispatcher>(E);
+    };
+    auto block_s = [&](int64_t layer) {
+      model::Block block(m, layer, local);
+      auto x = torch::randn({B, S, D}).requires_grad_();
+      auto g = torch::randn({B, S, D});
+      comm.barrier();
+      return median_time_per_call(
+          [&] {
+            torch::Tensor aux;
+            auto y = block->forward(x, rope, nullptr, 0, &aux);
+            y.backward(g);
+          },
+          4 * secs);
+    };
+    if (m.num_dense_layers > 0) h.dense_layer_s_per_token = block_s(0) / T;
+    if (m.num_layers > m.num_dense_layers) {
+      h.moe_layer_s_per_token = block_s(m.num_dense_layers) / T;
+    }
+    torch::nn::Linear head(torch::nn::LinearOptions(D, m.vocab_size).bias(false));
+    auto x = torch::randn({T, D}).requires_grad_();
+    auto target = torch::randint(m.vocab_size, {T});
+    comm.barrier();
+    h.head_s_per_token = median_time_per_call(
+                             [&] {
+                               auto logits = head->forward(x).to(torch::kFloat32);
+                               torch::nll_loss(torch::log_softmax(logits, -1), target).backward();
+                             },
+                             2 * secs) /
+                         T;
+    h.notes.push_back(
+        "decoder blocks and the LM head timed whole (forward + backward) at the "
+        "micro-batch shape; the rates above time the rest");
   }
 
   // Memory-bound kernels: an elementwise add at the size of one activation tensor, as the

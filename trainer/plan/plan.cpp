@@ -105,6 +105,7 @@ UnitCost head_cost(const model::ModelConfig& m, double act_bytes, bool shares_we
   const double D = m.hidden_size, V = m.vocab_size;
   UnitCost u;
   u.name = shares_weights ? "MTP head" : "LM head";
+  u.kind = UnitKind::kHead;
   u.gemm_flops = 2.0 * D * V;
   // Final norm; logits written, upcast and log-softmaxed in fp32, read for the loss.
   u.memory_bytes = 2 * D * act_bytes + V * act_bytes + 4.0 * V * 4;
@@ -121,6 +122,7 @@ std::vector<UnitCost> unit_costs(const Config& config, bool fused_attention) {
   std::vector<UnitCost> units;
   UnitCost emb;
   emb.name = "embedding";
+  emb.kind = UnitKind::kEmbedding;
   emb.memory_bytes = m.hidden_size * a;
   emb.dense_params = static_cast<double>(m.vocab_size) * m.hidden_size;
   units.push_back(emb);
@@ -131,6 +133,7 @@ std::vector<UnitCost> unit_costs(const Config& config, bool fused_attention) {
     UnitCost u = layer_cost(m, m.num_layers + k, config.train.seq_len, a, fused_attention);
     const double D = m.hidden_size;
     u.name = str("MTP module ", k, " (", u.moe ? "moe" : "dense", ")");
+    u.kind = UnitKind::kMtp;
     u.gemm_flops += 2.0 * 2 * D * D;  // eh_proj
     u.memory_bytes += 6 * D * a;      // enorm, hnorm, concatenation
     u.saved_bytes += 4 * D * a;
@@ -156,15 +159,31 @@ std::string g3(double v) {
 
 struct Rates {
   double gemm, attention, memory;  // FLOP/s, FLOP/s, B/s
+  const HardwareProfile* hw = nullptr;
 };
 
-// Forward and backward compute seconds per token of one unit.
+// Forward + backward seconds per token of a unit timed whole by the profile (0 if not).
+double measured_s(const UnitCost& u, const Rates& r) {
+  if (!r.hw || r.hw->moe_layer_s_per_token + r.hw->dense_layer_s_per_token <= 0) return 0;
+  const auto& hw = *r.hw;
+  const double layer = u.moe ? hw.moe_layer_s_per_token : hw.dense_layer_s_per_token;
+  if (u.kind == UnitKind::kLayer) return layer;
+  if (u.kind == UnitKind::kHead) return hw.head_s_per_token;
+  if (u.kind == UnitKind::kMtp) return layer + hw.head_s_per_token;
+  return 0;
+}
+
+// Forward and backward compute seconds per token of one unit: a third and two thirds of the
+// measured time when the profile timed the unit whole, else from FLOPs and bytes.
 double forward_s(const UnitCost& u, const Rates& r) {
+  if (const double whole = measured_s(u, r); whole > 0) return whole / 3;
   return u.gemm_flops / r.gemm + u.attention_flops / r.attention + u.memory_bytes / r.memory;
 }
 double backward_s(const UnitCost& u, const Rates& r) {
-  return 2 * forward_s(u, r) + u.recompute_flops / r.gemm +
-         u.recompute_attention_flops / r.attention + u.recompute_bytes / r.memory;
+  const double recompute = u.recompute_flops / r.gemm + u.recompute_attention_flops / r.attention +
+                           u.recompute_bytes / r.memory;
+  if (const double whole = measured_s(u, r); whole > 0) return 2 * whole / 3 + recompute;
+  return 2 * forward_s(u, r) + recompute;
 }
 
 }  // namespace
@@ -253,7 +272,7 @@ Plan make_plan(const Config& c, int64_t world, const HardwareProfile& hw, const 
   // Overlapping communication gives up the compute units the communication kernels run on.
   const double share = overlap ? 1 - hw.comm_compute_share : 1.0;
   const Rates r{hw.peak_flops * hw.gemm_efficiency * share,
-                hw.peak_flops * hw.attention_efficiency * share, hw.memory_bandwidth};
+                hw.peak_flops * hw.attention_efficiency * share, hw.memory_bandwidth, &hw};
 
   // Stages: a contiguous split of the units balancing forward + backward compute.
   std::vector<double> cost;

@@ -28,8 +28,11 @@ struct PlanOptions {
 };
 
 // Per-token cost of one unit of the model (a decoder layer, the LM head, the MTP module).
+enum class UnitKind { kEmbedding, kLayer, kHead, kMtp };
+
 struct UnitCost {
   std::string name;
+  UnitKind kind = UnitKind::kLayer;
   double gemm_flops = 0;                 // forward matmul FLOPs per token
   double attention_flops = 0;            // forward attention score + value FLOPs per token
   double memory_bytes = 0;               // forward traffic of memory-bound kernels per token

@@ -147,6 +147,26 @@ TEST(Plan, MemoryOfOneStageFromTheParameterCount) {
   EXPECT_NEAR(q.memory.activations, (p.memory.activations - logits) / 2 + logits, 1e-6);
 }
 
+TEST(Plan, UnitsTimedWholeReplaceTheRatesForLayersAndHeads) {
+  // quickstart: 1 dense layer, 3 MoE layers, one MoE MTP module, one LM head. With whole-unit
+  // times in the profile, compute per micro-batch is tokens x (dense + 3 moe + (moe + head) +
+  // head) + the embedding's traffic at the memory rate; forward a third, backward two thirds.
+  Config c = load("configs/quickstart.yaml", {"train.dtype=fp32"});
+  HardwareProfile h = round_profile();
+  h.dense_layer_s_per_token = 3e-6;
+  h.moe_layer_s_per_token = 6e-6;
+  h.head_s_per_token = 1.5e-6;
+  const Plan p = make_plan(c, 1, h, {});
+  const double T = static_cast<double>(c.train.micro_batch_size * c.train.seq_len);
+  const double embedding = T * c.model.hidden_size * 4 / h.memory_bandwidth;
+  const double whole = T * (3e-6 + 3 * 6e-6 + (6e-6 + 1.5e-6) + 1.5e-6);
+  EXPECT_NEAR(p.time.forward, whole / 3 + embedding, 1e-12);
+  EXPECT_NEAR(p.time.backward, 2 * whole / 3 + 2 * embedding, 1e-12);
+  // Without them the same profile times units from FLOPs and bytes: a different number.
+  const Plan q = make_plan(c, 1, round_profile(), {});
+  EXPECT_GT(std::abs(q.time.forward - p.time.forward), 1e-3 * p.time.forward);
+}
+
 TEST(Plan, RecomputeTradesActivationsForBackwardTime) {
   Config c = load("configs/deepseek-v3-671b.yaml");
   auto with = [&](const std::string& rc) {
