@@ -40,6 +40,22 @@ TEST(PlanCli, PrintsMemoryCommunicationTimeCostAndALayoutTable) {
       << bad.output;
 }
 
+// The cpu profile times a small model's blocks whole; a block too large to allocate here (256
+// experts of width 1024: ~19 GB with its gradients) is planned from the rates, and says so.
+TEST(PlanCli, CpuProfileTimesBlocksWholeOnlyWhenTheyFit) {
+  auto small = run_condensa("plan " + source_path("configs/tiny.yaml") + " --hardware cpu");
+  ASSERT_EQ(small.exit_code, 0) << small.output;
+  EXPECT_NE(small.output.find("decoder blocks and the LM head timed whole"), std::string::npos)
+      << small.output;
+  auto large = run_condensa("plan " + source_path("configs/tiny.yaml") +
+                            " --set model.hidden_size=1024 --set model.num_routed_experts=256"
+                            " --set model.moe_intermediate_size=2048 --hardware cpu");
+  ASSERT_EQ(large.exit_code, 0) << large.output;
+  EXPECT_NE(large.output.find("decoder blocks not timed whole"), std::string::npos) << large.output;
+  EXPECT_EQ(large.output.find("decoder blocks and the LM head timed whole"), std::string::npos)
+      << large.output;
+}
+
 // DISABLED: on the shared 2-core machine the prediction landed between -36% and -18% of the
 // measured step over four idle runs (docs/performance.md, "Planner: predicted against measured"),
 // so the +-30% target is not met yet. Run it with --gtest_also_run_disabled_tests.

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/matmul_peak.h"
+#include "model/accounting.h"
 #include "model/autocast.h"
 #include "model/moe/dispatcher.h"
 #include "model/transformer.h"
@@ -181,7 +182,23 @@ HardwareProfile measure_cpu_profile(const Config& config,
   // backward pass runs them, the attention kernel, and the many small operators in between
   // (each with its dispatch cost). The MoE block holds every expert with a local dispatcher:
   // a uniform ep-way dispatch gives each rank the same T x top_k expert rows.
-  {
+  // NOTE: only where a block fits easily: a DeepSeek-V3 MoE block holds 11.3B parameters, which
+  // this machine cannot allocate to time; such models are planned from the rates alone (noted).
+  const auto counts = model::count_parameters(m);
+  const double moe_layers = std::max<int64_t>(1, m.num_layers - m.num_dense_layers);
+  const double block_params = counts.attention / m.num_layers +
+                              (counts.routed_experts + counts.shared_experts) / moe_layers +
+                              counts.dense_mlp / std::max<int64_t>(1, m.num_dense_layers);
+  const double unit_bytes = 12.0 * std::max(block_params, counts.lm_head) +
+                            16.0 * T * std::max<int64_t>(m.vocab_size, 16 * D);
+  struct sysinfo mem_info {};
+  sysinfo(&mem_info);
+  const double rank_memory = static_cast<double>(mem_info.totalram) * mem_info.mem_unit / ranks;
+  if (unit_bytes > rank_memory / 8) {
+    h.notes.push_back(str("decoder blocks not timed whole (about ", std::llround(unit_bytes / 1e9),
+                          " GB each, more than 1/8 of this rank's memory): layers are timed "
+                          "from the rates above"));
+  } else {
     torch::AutoGradMode grad(true);
     model::AutocastState ac = model::AutocastState::current();
     if (dtype == torch::kBFloat16) ac.cpu_enabled = true, ac.cpu_dtype = at::kBFloat16;
