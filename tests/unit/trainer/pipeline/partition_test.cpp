@@ -11,6 +11,8 @@
 
 #include "common/error.h"
 #include "model/accounting.h"
+#include "tests/support/test_util.h"
+#include "trainer/config/config.h"
 
 namespace condensa::trainer::pipeline {
 namespace {
@@ -38,25 +40,9 @@ model::ModelConfig small_model(int64_t layers, int64_t dense, int64_t vocab) {
   return m;
 }
 
+// The shipped DeepSeek-V3 config's model (61 layers, 3 dense, 256 experts top-8, MTP 1).
 model::ModelConfig deepseek_v3() {
-  model::ModelConfig m;
-  m.vocab_size = 129280;
-  m.hidden_size = 7168;
-  m.num_layers = 61;
-  m.num_dense_layers = 3;
-  m.intermediate_size = 18432;
-  m.moe_intermediate_size = 2048;
-  m.num_routed_experts = 256;
-  m.num_shared_experts = 1;
-  m.top_k = 8;
-  m.num_heads = 128;
-  m.q_lora_rank = 1536;
-  m.kv_lora_rank = 512;
-  m.qk_nope_head_dim = 128;
-  m.qk_rope_head_dim = 64;
-  m.v_head_dim = 128;
-  m.mtp_depth = 1;
-  return m;
+  return load_config(testing::source_path("configs/deepseek-v3-671b.yaml"), {}).model;
 }
 
 double largest(const std::vector<StageLayers>& stages) {
