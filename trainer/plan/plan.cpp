@@ -13,23 +13,14 @@
 namespace condensa::trainer::plan {
 
 Schedule parse_schedule(const std::string& name) {
-  if (name == "1f1b") return Schedule::k1F1B;
-  if (name == "interleaved") return Schedule::kInterleaved;
-  if (name == "dualpipe") return Schedule::kDualPipe;
-  throw ConfigError(str("--schedule: expected 1f1b, interleaved or dualpipe, got '", name, "'"));
+  try {
+    return pipeline::parse_schedule_kind(name);
+  } catch (const ConfigError&) {
+    throw ConfigError(str("--schedule: expected 1f1b, interleaved or dualpipe, got '", name, "'"));
+  }
 }
 
-const char* schedule_name(Schedule s) {
-  switch (s) {
-    case Schedule::k1F1B:
-      return "1f1b";
-    case Schedule::kInterleaved:
-      return "interleaved";
-    case Schedule::kDualPipe:
-      return "dualpipe";
-  }
-  return "?";
-}
+const char* schedule_name(Schedule s) { return pipeline::schedule_kind_name(s); }
 
 namespace {
 

@@ -14,11 +14,13 @@
 
 #include "trainer/config/schema.h"
 #include "trainer/pipeline/partition.h"
+#include "trainer/pipeline/schedule.h"
 #include "trainer/plan/hardware.h"
 
 namespace condensa::trainer::plan {
 
-enum class Schedule { k1F1B, kInterleaved, kDualPipe };
+// The pipeline schedules (trainer/pipeline/schedule.h).
+using Schedule = pipeline::ScheduleKind;
 Schedule parse_schedule(const std::string& name);  // 1f1b | interleaved | dualpipe
 const char* schedule_name(Schedule s);
 
