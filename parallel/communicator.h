@@ -80,6 +80,12 @@ class Communicator {
   // Point to point; the receiver's t has the sender's shape and dtype. peer != rank().
   virtual void send(const torch::Tensor& t, int peer) = 0;
   virtual void recv(torch::Tensor& t, int peer) = 0;
+  // Asynchronous send (pipeline stages): starts sending t to peer and returns at once; t must
+  // stay unchanged until wait_sends() returns. Sends to one peer are received in the order they
+  // were posted (no tags). The watchdog covers the wait.
+  virtual void post_send(const torch::Tensor& t, int peer) = 0;
+  // Waits until every posted send has been received.
+  virtual void wait_sends() = 0;
   // Collective over this communicator: ranks with the same color form a new communicator,
   // ordered by (key, old rank). A negative color means "in no group" and returns nullptr.
   // The child is named "<name>/<color>" and shares this communicator's watchdog.

@@ -48,7 +48,10 @@ std::string Watchdog::timeout_message(int rank,
                                       const std::string& op,
                                       const std::string& comm,
                                       double timeout_s) {
-  return str("condensa: rank ", rank, " (host ", host, "): collective ", op, " on ", comm,
+  const bool p2p =
+      op.rfind("recv", 0) == 0 || op.rfind("send", 0) == 0 || op.rfind("post_send", 0) == 0;
+  return str("condensa: rank ", rank, " (host ", host,
+             "): ", p2p ? "point-to-point " : "collective ", op, " on ", comm,
              " did not complete within ", format_seconds(timeout_s), " s; aborting the job");
 }
 

@@ -299,6 +299,23 @@ void NcclCommunicator::recv(torch::Tensor& t, int peer) {
   finish(call);
 }
 
+void NcclCommunicator::post_send(const torch::Tensor& t, int peer) {
+  check_peer("post_send", peer);
+  Call call = begin("post_send", {&t});
+  NCCL_CHECK(ncclSend(t.data_ptr(), t.numel(), call.type, peer, comm_, stream_));
+  // NOTE: no host wait: the compute stream is ordered after the send (finish), which keeps t's
+  // memory in use until it has been sent; wait_sends() synchronises.
+  const bool blocking = options_.blocking;
+  options_.blocking = false;
+  finish(call);
+  options_.blocking = blocking;
+}
+
+void NcclCommunicator::wait_sends() {
+  Call call = begin("wait_sends", {});
+  finish(call);
+}
+
 std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
   std::unique_ptr<MpiCommunicator> part = bootstrap_->split_mpi(color, key);
   if (!part) return nullptr;

@@ -268,6 +268,29 @@ void MpiCommunicator::recv(torch::Tensor& t, int peer) {
                  peer, " but the tensor ", t.sizes(), " holds ", t.numel(), " (", where(), ")");
 }
 
+void MpiCommunicator::post_send(const torch::Tensor& t, int peer) {
+  check_peer("post_send", peer);
+  Call call = begin("post_send", {&t});
+  send_requests_.emplace_back();
+  MPI_CHECK(MPI_Isend(t.data_ptr(), static_cast<int>(t.numel()), call.type, peer, 0, comm_,
+                      &send_requests_.back()));
+  send_tensors_.push_back(t);
+  send_peers_.push_back(peer);
+}
+
+void MpiCommunicator::wait_sends() {
+  if (send_requests_.empty()) return;
+  std::string peers;
+  for (int p : send_peers_) peers += str(peers.empty() ? "" : ",", p);
+  Call call = begin("wait_sends", {});
+  call.guard = watchdog_->watch(str("send to rank ", peers, " (posted, not received)"), name());
+  MPI_CHECK(MPI_Waitall(static_cast<int>(send_requests_.size()), send_requests_.data(),
+                        MPI_STATUSES_IGNORE));
+  send_requests_.clear();
+  send_tensors_.clear();
+  send_peers_.clear();
+}
+
 std::unique_ptr<MpiCommunicator> MpiCommunicator::split_mpi(int color, int key) {
   Call call = begin("split", {});
   MPI_Comm child = MPI_COMM_NULL;

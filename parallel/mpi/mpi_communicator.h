@@ -64,6 +64,8 @@ class MpiCommunicator : public Communicator {
                   const std::vector<int64_t>& recv_rows) override;
   void send(const torch::Tensor& t, int peer) override;
   void recv(torch::Tensor& t, int peer) override;
+  void post_send(const torch::Tensor& t, int peer) override;
+  void wait_sends() override;
   std::unique_ptr<Communicator> split(int color, int key) override;
   std::vector<int> discover_node_map() override;
   torch::Tensor to_device(const torch::Tensor& cpu) const override;
@@ -88,6 +90,9 @@ class MpiCommunicator : public Communicator {
   int rank_ = 0;
   int size_ = 1;
   std::shared_ptr<Watchdog> watchdog_;
+  std::vector<MPI_Request> send_requests_;  // posted sends, with their tensors kept alive
+  std::vector<torch::Tensor> send_tensors_;
+  std::vector<int> send_peers_;
 };
 
 }  // namespace condensa::parallel

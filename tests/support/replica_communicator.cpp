@@ -63,6 +63,10 @@ void ReplicaCommunicator::recv(torch::Tensor&, int) {
   throw CommError("Communicator replica does not support recv");
 }
 
+void ReplicaCommunicator::post_send(const torch::Tensor&, int) {
+  throw CommError("Communicator replica does not support post_send");
+}
+
 std::unique_ptr<parallel::Communicator> ReplicaCommunicator::split(int, int) {
   throw CommError("Communicator replica does not support split");
 }

@@ -43,6 +43,8 @@ class ReplicaCommunicator : public parallel::Communicator {
                   const std::vector<int64_t>& recv_rows) override;
   void send(const torch::Tensor& t, int peer) override;
   void recv(torch::Tensor& t, int peer) override;
+  void post_send(const torch::Tensor& t, int peer) override;
+  void wait_sends() override {}
   std::unique_ptr<parallel::Communicator> split(int color, int key) override;
   std::vector<int> discover_node_map() override;
   torch::Tensor to_device(const torch::Tensor& cpu) const override;
