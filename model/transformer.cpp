@@ -55,45 +55,89 @@ MTPModuleImpl::MTPModuleImpl(const ModelConfig& cfg,
   shared_head_norm = register_module("shared_head_norm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
 }
 
-TransformerImpl::TransformerImpl(const ModelConfig& c, DispatcherFactory make_dispatcher) : cfg(c) {
+ModelPart ModelPart::whole(const ModelConfig& cfg) {
+  ModelPart p;
+  for (int64_t l = 0; l < cfg.num_layers; ++l) p.layers.push_back(l);
+  return p;
+}
+
+TransformerImpl::TransformerImpl(const ModelConfig& c,
+                                 DispatcherFactory make_dispatcher,
+                                 const ModelPart* part)
+    : cfg(c), part_(part ? *part : ModelPart::whole(c)) {
   if (!make_dispatcher) {
     const int64_t E = cfg.num_routed_experts;
     make_dispatcher = [E](int64_t) { return std::make_shared<LocalDispatcher>(E); };
   }
   rope = make_rope_tables(cfg);
-  embed_tokens =
-      register_module("embed_tokens", torch::nn::Embedding(cfg.vocab_size, cfg.hidden_size));
-  layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t l = 0; l < cfg.num_layers; ++l) layers->push_back(Block(cfg, l, make_dispatcher));
-  norm = register_module("norm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
-  lm_head = register_module(
-      "lm_head",
-      torch::nn::Linear(torch::nn::LinearOptions(cfg.hidden_size, cfg.vocab_size).bias(false)));
-  mtp = register_module("mtp", torch::nn::ModuleList());
-  for (int64_t k = 0; k < cfg.mtp_depth; ++k)
-    mtp->push_back(MTPModule(cfg, cfg.num_layers + k, make_dispatcher));
+  if (part_.embedding) {
+    embed_tokens =
+        register_module("embed_tokens", torch::nn::Embedding(cfg.vocab_size, cfg.hidden_size));
+  }
+  layers = register_module("layers", std::make_shared<torch::nn::Module>());
+  for (int64_t l : part_.layers) {
+    TORCH_CHECK(l >= 0 && l < cfg.num_layers && (blocks_.empty() || blocks_.back().first < l),
+                "ModelPart: layers must be ascending indices below ", cfg.num_layers);
+    blocks_.emplace_back(
+        l, layers->register_module(std::to_string(l), Block(cfg, l, make_dispatcher)));
+  }
+  if (part_.head) {
+    norm = register_module("norm", RMSNorm(cfg.hidden_size, cfg.norm_eps));
+    lm_head = register_module(
+        "lm_head",
+        torch::nn::Linear(torch::nn::LinearOptions(cfg.hidden_size, cfg.vocab_size).bias(false)));
+    mtp = register_module("mtp", torch::nn::ModuleList());
+    for (int64_t k = 0; k < cfg.mtp_depth; ++k)
+      mtp->push_back(MTPModule(cfg, cfg.num_layers + k, make_dispatcher));
+  }
 }
 
-ModelOutput TransformerImpl::forward(const torch::Tensor& tokens, const ForwardOptions& opt) {
-  ModelOutput out;
-  out.aux_loss = torch::zeros({}, torch::TensorOptions()
-                                      .dtype(upcast(embed_tokens->weight).scalar_type())
-                                      .device(tokens.device()));
-  auto emb = embed_tokens(tokens);
-  auto h = emb;
-  for (size_t l = 0; l < layers->size(); ++l) {
+bool TransformerImpl::holds_layer(int64_t l) const {
+  for (const auto& b : blocks_) {
+    if (b.first == l) return true;
+  }
+  return false;
+}
+
+BlockImpl& TransformerImpl::layer(int64_t l) {
+  for (auto& b : blocks_) {
+    if (b.first == l) return *b.second;
+  }
+  TORCH_CHECK(false, "this model part does not hold layer ", l);
+}
+
+torch::Tensor TransformerImpl::embed(const torch::Tensor& tokens) {
+  TORCH_CHECK(embed_tokens, "this model part does not hold the embedding");
+  return embed_tokens(tokens);
+}
+
+torch::Tensor TransformerImpl::run_layers(torch::Tensor h,
+                                          int64_t first,
+                                          int64_t count,
+                                          torch::Tensor* aux_loss,
+                                          const ForwardOptions& opt) {
+  for (int64_t l = first; l < first + count; ++l) {
     torch::Tensor aux;
     MLACache* cache = opt.caches ? &(*opt.caches)[l] : nullptr;
-    h = layers[l]->as<BlockImpl>()->forward(h, rope, cache, opt.start_pos, &aux);
-    if (aux.defined()) out.aux_loss = out.aux_loss + aux;
+    h = layer(l).forward(h, rope, cache, opt.start_pos, &aux);
+    if (aux.defined()) *aux_loss = aux_loss->defined() ? *aux_loss + aux : aux;
   }
-  out.logits_BSV = upcast(lm_head(norm(h)));
+  return h;
+}
 
-  if (opt.with_mtp && !mtp->is_empty()) {
+ModelOutput TransformerImpl::head_forward(const torch::Tensor& h,
+                                          const torch::Tensor& emb,
+                                          bool with_mtp) {
+  TORCH_CHECK(lm_head, "this model part does not hold the head");
+  ModelOutput out;
+  out.aux_loss = torch::zeros(
+      {}, torch::TensorOptions().dtype(upcast(lm_head->weight).scalar_type()).device(h.device()));
+  out.logits_BSV = upcast(lm_head(norm(h)));
+  if (with_mtp && !mtp->is_empty()) {
     // Module k (1-based depth d = k+1) at position i combines the previous depth's hidden
     // state at i with the embedding of token i+d, and predicts token i+d+1.
     auto prev = h;
-    const int64_t S = tokens.size(1);
+    const int64_t S = h.size(1);
     for (size_t k = 0; k < mtp->size(); ++k) {
       const int64_t d = static_cast<int64_t>(k) + 1;
       if (S - d < 1) break;
@@ -111,12 +155,24 @@ ModelOutput TransformerImpl::forward(const torch::Tensor& tokens, const ForwardO
   return out;
 }
 
+ModelOutput TransformerImpl::forward(const torch::Tensor& tokens, const ForwardOptions& opt) {
+  TORCH_CHECK(embed_tokens && lm_head && static_cast<int64_t>(blocks_.size()) == cfg.num_layers,
+              "forward() needs the whole model; a pipeline stage runs embed, run_layers and "
+              "head_forward");
+  auto emb = embed(tokens);
+  torch::Tensor aux;
+  auto h = run_layers(emb, 0, cfg.num_layers, &aux, opt);
+  auto out = head_forward(h, emb, opt.with_mtp);
+  if (aux.defined()) out.aux_loss = aux + out.aux_loss;
+  return out;
+}
+
 std::vector<MoELayer> TransformerImpl::moe_layers() const {
   std::vector<MoELayer> out;
-  for (const auto& l : *layers) {
-    auto* b = l->as<BlockImpl>();
-    if (b->moe) out.push_back(b->moe);
+  for (const auto& l : blocks_) {
+    if (l.second->moe) out.push_back(l.second->moe);
   }
+  if (!mtp) return out;
   for (const auto& m : *mtp) {
     auto* b = m->as<MTPModuleImpl>()->block.get();
     if (b->moe) out.push_back(b->moe);

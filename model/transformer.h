@@ -51,6 +51,17 @@ struct ForwardOptions {
   bool with_mtp = false;
 };
 
+// Which parts of the model this process holds (pipeline parallelism: a rank holds one or more
+// stages). Parameter names stay global ("layers.7...." on whichever rank holds layer 7), so
+// initialisation, checkpoints and optimizer state are keyed the same for every layout.
+struct ModelPart {
+  std::vector<int64_t> layers;  // global indices of the decoder layers held, ascending
+  bool embedding = true;        // token embedding (first stage; last stage too with MTP)
+  bool head = true;             // final norm, LM head and MTP modules (last stage)
+  // Every layer, the embedding and the head.
+  static ModelPart whole(const ModelConfig& cfg);
+};
+
 struct ModelOutput {
   torch::Tensor logits_BSV;               // fp32
   std::vector<torch::Tensor> mtp_logits;  // module k: [B, S-k-1, V], predicts token i+k+2
@@ -58,8 +69,30 @@ struct ModelOutput {
 };
 
 struct TransformerImpl : torch::nn::Module {
-  explicit TransformerImpl(const ModelConfig& cfg, DispatcherFactory make_dispatcher = nullptr);
+  explicit TransformerImpl(const ModelConfig& cfg,
+                           DispatcherFactory make_dispatcher = nullptr,
+                           const ModelPart* part = nullptr);  // nullptr: the whole model
+  // The whole model (every part held).
   ModelOutput forward(const torch::Tensor& tokens_BS, const ForwardOptions& opt = {});
+
+  // The pieces forward() is made of, for pipeline stages:
+  // token embedding [B, S] -> [B, S, D] (needs the embedding).
+  torch::Tensor embed(const torch::Tensor& tokens_BS);
+  // Decoder layers [first, first + count) on h; their MoE losses are added to *aux_loss (a
+  // scalar, created when undefined). Every layer must be held.
+  torch::Tensor run_layers(torch::Tensor h_BSD,
+                           int64_t first,
+                           int64_t count,
+                           torch::Tensor* aux_loss,
+                           const ForwardOptions& opt = {});
+  // Final norm + LM head on the last layer's output, and (with_mtp) the MTP modules, which
+  // also need the token embedding `emb_BSD` of the same batch. Needs the head. out.aux_loss
+  // holds the MTP blocks' MoE losses.
+  ModelOutput head_forward(const torch::Tensor& h_BSD, const torch::Tensor& emb_BSD, bool with_mtp);
+
+  bool holds_layer(int64_t layer) const;
+  BlockImpl& layer(int64_t layer);
+  const ModelPart& part() const { return part_; }
 
   // MoE layers in order (main layers, then MTP blocks), for statistics and bias updates.
   std::vector<MoELayer> moe_layers() const;
@@ -68,11 +101,15 @@ struct TransformerImpl : torch::nn::Module {
 
   ModelConfig cfg;
   RopeTables rope;
-  torch::nn::Embedding embed_tokens{nullptr};
-  torch::nn::ModuleList layers{nullptr};
-  RMSNorm norm{nullptr};
+  torch::nn::Embedding embed_tokens{nullptr};  // when part().embedding
+  std::shared_ptr<torch::nn::Module> layers;   // children named by global layer index
+  RMSNorm norm{nullptr};                       // these three when part().head
   torch::nn::Linear lm_head{nullptr};
   torch::nn::ModuleList mtp{nullptr};
+
+ private:
+  ModelPart part_;
+  std::vector<std::pair<int64_t, Block>> blocks_;  // held layers, ascending
 };
 TORCH_MODULE(Transformer);
 
