@@ -1,8 +1,10 @@
 #include "trainer/pipeline/schedule.h"
 
 #include <algorithm>
+#include <map>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
 
 #include "common/error.h"
 
@@ -415,6 +417,109 @@ std::string render_ascii(const ScheduleOptions& o, const Schedule& schedule) {
     out << "rank " << r << " | " << line << "\n";
   }
   return out.str();
+}
+
+Program build_program(const ScheduleOptions& o, const Schedule& schedule) {
+  Program program(schedule.size());
+  for (size_t r = 0; r < schedule.size(); ++r) {
+    const int rank = static_cast<int>(r);
+    for (const Action& a : schedule[r]) {
+      const Peers pr = peers(o, a);
+      ProgramStep step;
+      if (pr.recv_from != kNoPeer && pr.recv_from != rank) {
+        // The input was sent by the neighbouring stage's pass of the same kind.
+        const int from_stage = a.kind == Action::kForward ? a.stage - 1 : a.stage + 1;
+        step.kind = ProgramStep::kRecv;
+        step.message = {a.kind, a.micro_batch, from_stage, pr.recv_from, rank};
+        program[r].push_back(step);
+      }
+      step.kind = ProgramStep::kPass;
+      step.action = a;
+      program[r].push_back(step);
+      if (pr.send_to != kNoPeer && pr.send_to != rank) {
+        step.kind = ProgramStep::kSend;
+        step.message = {a.kind, a.micro_batch, a.stage, rank, pr.send_to};
+        program[r].push_back(step);
+      }
+    }
+  }
+  return program;
+}
+
+void check_program(const ScheduleOptions& o, const Program& program) {
+  const int p = static_cast<int>(program.size());
+  auto name = [](const Message& m) {
+    return str(m.kind == Action::kForward ? "activation" : "gradient", " of micro-batch ",
+               m.micro_batch, " stage ", m.stage, " from rank ", m.from, " to rank ", m.to);
+  };
+  // Posting order per ordered pair, on the sending and on the receiving side.
+  using Channel = std::tuple<int, int, int>;  // from, to, kind
+  auto channel = [](const Message& m) { return Channel{m.from, m.to, m.kind}; };
+  std::map<Channel, std::vector<Message>> sent, received;
+  for (int r = 0; r < p; ++r) {
+    for (const auto& step : program[r]) {
+      if (step.kind == ProgramStep::kSend) sent[channel(step.message)].push_back(step.message);
+      if (step.kind == ProgramStep::kRecv) received[channel(step.message)].push_back(step.message);
+    }
+  }
+  for (const auto* side : {&sent, &received}) {
+    for (const auto& kv : *side) {
+      const auto& msgs = sent[kv.first];
+      const auto& got = received[kv.first];
+      for (size_t i = 0; i < std::max(msgs.size(), got.size()); ++i) {
+        if (i >= msgs.size() || i >= got.size() || !(msgs[i] == got[i])) {
+          throw std::logic_error(str(
+              schedule_kind_name(o.kind), ": ",
+              std::get<2>(kv.first) == Action::kForward ? "activation" : "gradient", " message ", i,
+              " from rank ", std::get<0>(kv.first), " to rank ", std::get<1>(kv.first),
+              " is sent as ", i < msgs.size() ? name(msgs[i]) : "nothing", " but received as ",
+              i < got.size() ? name(got[i]) : "nothing"));
+        }
+      }
+    }
+  }
+  // Run: a receive waits until the sender has posted that many messages to this rank.
+  std::vector<size_t> at(p, 0);
+  std::map<Channel, size_t> posted, taken;
+  while (true) {
+    bool progress = false, finished = true;
+    for (int r = 0; r < p; ++r) {
+      while (at[r] < program[r].size()) {
+        const auto& step = program[r][at[r]];
+        const Channel pair = channel(step.message);
+        if (step.kind == ProgramStep::kRecv) {
+          if (posted[pair] <= taken[pair]) break;
+          ++taken[pair];
+        } else if (step.kind == ProgramStep::kSend) {
+          ++posted[pair];
+        }
+        ++at[r];
+        progress = true;
+      }
+      finished = finished && at[r] == program[r].size();
+    }
+    if (finished) return;
+    if (!progress) {
+      std::string blocked;
+      for (int r = 0; r < p; ++r) {
+        if (at[r] < program[r].size())
+          blocked += str(" rank ", r, " waits for the ", name(program[r][at[r]].message), ";");
+      }
+      throw std::logic_error(str(schedule_kind_name(o.kind), ": deadlock:", blocked));
+    }
+  }
+}
+
+Schedule build_forward_only(const ScheduleOptions& o) {
+  Schedule out(o.num_ranks);
+  const int stages = num_stages(o);
+  for (int mb = 0; mb < o.num_micro_batches; ++mb) {
+    for (int s = 0; s < stages; ++s) {
+      const StageLocation at = locate_stage(o, mb, s);
+      out[at.rank].push_back(make(Action::kForward, mb, at.chunk, s));
+    }
+  }
+  return out;
 }
 
 }  // namespace condensa::trainer::pipeline

@@ -5,7 +5,7 @@
 // Key design choice: a schedule is a plain value (`[rank] -> actions`) built by pure functions
 // and checked by the same simulator the tests and docs use, so the runtime only executes it;
 // it never decides an order. This module uses the C++17 standard library and common/error.h
-// only (no torch), and the trainer does not run pipeline_parallel > 1 yet.
+// only (no torch); trainer/pipeline/runtime.h runs its programs.
 //
 // Vocabulary: p = pipeline ranks (parallel.pipeline_parallel), m = micro-batches per optimizer
 // step (train.global_batch_size / (data_parallel x train.micro_batch_size)), v = model chunks
@@ -135,6 +135,49 @@ SimResult simulate(const ScheduleOptions& o,
                    const Schedule& schedule,
                    double t_forward,
                    double t_backward);
+
+// ---------------------------------------------------------------------------------------------
+// Execution program: the schedule with its communication made explicit, what the runtime runs.
+//
+// A message is the activation leaving (micro_batch, stage) in a forward, or the gradient leaving
+// (micro_batch, stage) toward stage - 1 in a backward. A rank posts each send as soon as its
+// pass is done and goes on (Communicator::post_send), blocks only to receive a pass's input
+// just before the pass, and waits for its posted sends at the end of the step. Activations and
+// gradients travel on two communicators (channels); on each, messages between two ranks match
+// in posting order, with no tags, so check_program proves that each ordered pair of ranks posts
+// each kind's sends and receives in the same order, and that the program runs to the end. A
+// hand-off between two chunks of one rank (interleaved with p = 1) is local: no message.
+struct Message {
+  Action::Kind kind = Action::kForward;
+  int micro_batch = 0;
+  int stage = 0;  // the sending pass's stage
+  int from = 0, to = 0;
+  bool operator==(const Message& o) const {
+    return kind == o.kind && micro_batch == o.micro_batch && stage == o.stage && from == o.from &&
+           to == o.to;
+  }
+};
+
+struct ProgramStep {
+  enum Kind { kRecv, kPass, kSend };
+  Kind kind = kPass;
+  Action action;    // kPass
+  Message message;  // kRecv, kSend
+};
+
+using Program = std::vector<std::vector<ProgramStep>>;  // [rank] -> steps in order
+
+Program build_program(const ScheduleOptions& o, const Schedule& schedule);
+
+// Throws std::logic_error unless every ordered pair of ranks posts each kind's messages in the
+// same order on both sides and the program runs to the end (a receive returns once its message has
+// been posted; a send never blocks), naming the messages or the blocked ranks.
+void check_program(const ScheduleOptions& o, const Program& program);
+
+// Forwards only, for validation: every micro-batch through every stage, in (micro-batch, stage)
+// order on each rank, placed as in training (dualpipe: the second half of the micro-batches
+// goes up). Needs no minimum micro-batch count.
+Schedule build_forward_only(const ScheduleOptions& o);
 
 // One line per rank, time on x (simulated with t_b = 2 t_f): a forward is "F<mb>" one time unit
 // wide, a backward "B<mb>" then "-" fill, two units wide; idle is '.'. Odd local chunks are

@@ -403,3 +403,94 @@ TEST(PipelineSchedule, AsciiPictureDrawsEachRankOnTheTimeAxis) {
 }
 
 }  // namespace
+
+// The runtime's program: for every schedule and a range of shapes, each pair of ranks posts its
+// messages in the same order on both sides and the batched exchanges never deadlock.
+TEST(PipelineProgram, EveryScheduleRunsWithMatchedOrderedExchanges) {
+  int checked = 0;
+  for (int p = 1; p <= 8; ++p) {
+    for (int m : {p, 2 * p, 3 * p, 4 * p}) {
+      std::vector<ScheduleOptions> cases{opts(ScheduleKind::k1F1B, p, m)};
+      for (int v : {2, 3}) cases.push_back(opts(ScheduleKind::kInterleaved, p, m, v));
+      if (p % 2 == 0 && m % 2 == 0 && m >= 2 * p)
+        cases.push_back(opts(ScheduleKind::kDualPipe, p, m));
+      for (const auto& o : cases) {
+        SCOPED_TRACE(schedule_kind_name(o.kind) + (" p " + std::to_string(p)) + " m " +
+                     std::to_string(m) + " v " + std::to_string(o.virtual_stages));
+        EXPECT_NO_THROW(check_program(o, build_program(o, build_schedule(o))));
+        EXPECT_NO_THROW(check_program(o, build_program(o, build_forward_only(o))));
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 80);
+}
+
+// A forward pass's output goes to the next stage's rank as soon as it is done, its gradient
+// comes back from it: a 1f1b rank 1 of 3 with 3 micro-batches runs exactly these steps.
+TEST(PipelineProgram, OneFOneBMiddleRankReceivesBeforeAndSendsAfterEachPass) {
+  const auto o = opts(ScheduleKind::k1F1B, 3, 3);
+  const auto program = build_program(o, build_schedule(o));
+  std::ostringstream os;
+  for (const auto& step : program[1]) {
+    const auto& m = step.message;
+    const char* what = m.kind == Action::kForward ? "a" : "g";
+    if (step.kind == ProgramStep::kPass) {
+      os << (step.action.kind == Action::kForward ? "F" : "B") << step.action.micro_batch << " ";
+    } else if (step.kind == ProgramStep::kRecv) {
+      os << "r" << what << m.micro_batch << "<" << m.from << " ";
+    } else {
+      os << "s" << what << m.micro_batch << ">" << m.to << " ";
+    }
+  }
+  // Rank 1: one warm-up forward, then F1 B0, F2 B1, then B2 (schedule order).
+  EXPECT_EQ(os.str(),
+            "ra0<0 F0 sa0>2 ra1<0 F1 sa1>2 rg0<2 B0 sg0>0 ra2<0 F2 sa2>2 rg1<2 B1 sg1>0 rg2<2 B2 "
+            "sg2>0 ");
+}
+
+// Messages posted out of order on one side are found, naming both messages.
+TEST(PipelineProgram, MessagesPostedInADifferentOrderAreFound) {
+  const auto o = opts(ScheduleKind::k1F1B, 2, 2);
+  auto program = build_program(o, build_schedule(o));
+  // Rank 1 receives activations 0 and 1: swap which one each exchange expects.
+  std::vector<ProgramStep*> recvs;
+  for (auto& step : program[1]) {
+    if (step.kind == ProgramStep::kRecv && step.message.kind == Action::kForward)
+      recvs.push_back(&step);
+  }
+  ASSERT_EQ(recvs.size(), 2u);
+  std::swap(recvs[0]->message, recvs[1]->message);
+  try {
+    check_program(o, program);
+    FAIL() << "no error";
+  } catch (const std::logic_error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("activation message 0 from rank 0 to rank 1"));
+    EXPECT_THAT(e.what(), HasSubstr("sent as activation of micro-batch 0 stage 0"));
+    EXPECT_THAT(e.what(), HasSubstr("received as activation of micro-batch 1 stage 0"));
+  }
+}
+
+// A send posted too late blocks its receiver: the run names each blocked rank and message.
+TEST(PipelineProgram, ASendPostedTooLateIsADeadlockNamingRanksAndMessages) {
+  const auto o = opts(ScheduleKind::k1F1B, 2, 2);
+  auto program = build_program(o, build_schedule(o));
+  // Rank 0 posts its second activation only at the very end.
+  auto& steps = program[0];
+  for (auto it = steps.begin(); it != steps.end(); ++it) {
+    if (it->kind == ProgramStep::kSend && it->message.micro_batch == 1) {
+      const ProgramStep late = *it;
+      steps.erase(it);
+      steps.push_back(late);
+      break;
+    }
+  }
+  try {
+    check_program(o, program);
+    FAIL() << "no error";
+  } catch (const std::logic_error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("deadlock: rank 0 waits for the gradient of micro-batch 1 "
+                                    "stage 1 from rank 1 to rank 0; rank 1 waits for the "
+                                    "activation of micro-batch 1 stage 0 from rank 0 to rank 1"));
+  }
+}
