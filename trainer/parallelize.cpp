@@ -29,11 +29,12 @@ void set_threads_per_rank(const Config& cfg, const parallel::Mesh& mesh) {
 
 model::Transformer build_model(const Config& cfg,
                                const parallel::Mesh& mesh,
-                               torch::Device device) {
+                               torch::Device device,
+                               const model::ModelPart* part) {
   // Expert parallelism: each MoE layer gets a dispatcher over the ep group, which also gives
   // its router the node of every expert (node-limited routing).
-  model::Transformer model(cfg.model,
-                           parallel::apply_expert_parallel(mesh, cfg.model.num_routed_experts));
+  model::Transformer model(
+      cfg.model, parallel::apply_expert_parallel(mesh, cfg.model.num_routed_experts), part);
   // Initialisation keyed by global names: identical for every layout.
   model::init_parameters(*model, static_cast<uint64_t>(cfg.run.seed));
   model->to(device);
@@ -41,15 +42,30 @@ model::Transformer build_model(const Config& cfg,
 }
 
 std::vector<ParamGroupSpec> optimizer_groups(model::TransformerImpl& model,
-                                             const parallel::Mesh& mesh) {
-  ParamGroupSpec dense{"dense", {}, &mesh.dp(), nullptr, 1.0 / mesh.dp_size()};
-  ParamGroupSpec expert{"expert", {}, &mesh.edp(), &mesh.ep(), 1.0 / mesh.dp_size()};
-  for (auto& item : model.named_parameters()) {
-    (model::is_expert_param(item.key()) ? expert : dense)
-        .params.push_back({item.key(), item.value()});
+                                             const parallel::Mesh& mesh,
+                                             const PipelineGroups* pipe) {
+  const double scale = 1.0 / mesh.dp_size();
+  ParamGroupSpec dense{"dense", {}, &mesh.dp(), nullptr, scale};
+  ParamGroupSpec expert{"expert", {}, &mesh.edp(), &mesh.ep(), scale};
+  ParamGroupSpec embedding{"embedding", {}, &mesh.dp(), nullptr, scale};
+  if (pipe) {
+    if (pipe->dense) dense.reduce_comm = pipe->dense;
+    if (pipe->expert) expert.reduce_comm = pipe->expert;
+    dense.norm_weight = expert.norm_weight = pipe->norm_weight;
+    embedding.norm_weight = pipe->embedding_owner ? 1.0 : 0.0;
+    embedding.save_state = pipe->embedding_owner;
   }
-  std::vector<ParamGroupSpec> groups{dense};
-  if (!expert.params.empty()) groups.push_back(expert);
+  const bool own_embedding_group = pipe && pipe->embedding_group;
+  for (auto& item : model.named_parameters()) {
+    auto& group = model::is_expert_param(item.key())                                 ? expert
+                  : own_embedding_group && item.key().rfind("embed_tokens.", 0) == 0 ? embedding
+                                                                                     : dense;
+    group.params.push_back({item.key(), item.value()});
+  }
+  std::vector<ParamGroupSpec> groups;
+  for (auto* g : {&dense, &embedding, &expert}) {
+    if (!g->params.empty()) groups.push_back(*g);
+  }
   return groups;
 }
 

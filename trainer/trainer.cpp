@@ -69,9 +69,16 @@ Trainer::Trainer(const Config& cfg,
   parallel::check_same_config(world, config_to_yaml(cfg_));
   // The construction steps of trainer/parallelize.h, in their order.
   set_threads_per_rank(cfg_, mesh_);
-  model_ = build_model(cfg_, mesh_, device_);
-  optim_ = std::make_unique<Optimizer>(optimizer_groups(*model_, mesh_), cfg_.optim,
-                                       static_cast<int>(cfg_.parallel.zero_stage));
+  if (mesh_.pp_size() > 1) {
+    const model::ModelPart part = setup_pipeline();
+    model_ = build_model(cfg_, mesh_, device_, &part);
+  } else {
+    model_ = build_model(cfg_, mesh_, device_);
+  }
+  optim_ = std::make_unique<Optimizer>(
+      optimizer_groups(*model_, mesh_, pipe_ ? &pipe_->groups : nullptr), cfg_.optim,
+      static_cast<int>(cfg_.parallel.zero_stage));
+  if (pipe_) optim_->set_norm_across_stages(&mesh_.pp());
 
   const auto& m = cfg_.model;
   data_ = data::make_data_source(sampler_options(cfg_));
@@ -112,6 +119,7 @@ bool Trainer::stop_requested() {
 }
 
 torch::Tensor Trainer::forward_backward(int64_t step) {
+  if (pipe_) return forward_backward_pipeline(step);
   const int64_t dp = mesh_.dp_size(), mb = cfg_.train.micro_batch_size;
   const int64_t rows = cfg_.train.global_batch_size / dp;
   const int64_t num_micro = rows / mb;
@@ -177,18 +185,22 @@ void Trainer::update_router_bias(int64_t step, std::vector<torch::Tensor>& loads
   // Global expert load of this step: every data-parallel rank routed its own tokens.
   torch::NoGradGuard no_grad;
   loads.clear();
-  if (model_->moe_layers().empty()) return;
+  if (model_->moe_layers().empty() && !pipe_) return;
+  // Dualpipe: the two ranks that hold a stage routed different micro-batches through it.
+  auto& comm = pipe_ && pipe_->mirror_dp ? *pipe_->mirror_dp : mesh_.dp();
   auto all = world_.to_device(model::expert_load(*model_).to(torch::kFloat64));
-  if (mesh_.dp_size() > 1) mesh_.dp().all_reduce(all, parallel::ReduceOp::kSum);
+  if (comm.size() > 1) comm.all_reduce(all, parallel::ReduceOp::kSum);
   all = world_.to_cpu(all);
   const auto& m = cfg_.model;
   const bool update = m.router_bias && m.bias_update_rate > 0 &&
                       (m.bias_update_until_step < 0 || step <= m.bias_update_until_step);
   if (update) model::apply_bias_update(*model_, all, m.bias_update_rate);
+  all = global_moe_rows(all);  // every stage's layers, for metrics
   for (int64_t i = 0; i < all.size(0); ++i) loads.push_back(all[i]);
 }
 
 double Trainer::validation_loss() {
+  if (pipe_) return validation_loss_pipeline();
   torch::NoGradGuard no_grad;
   model_->eval();
   const int64_t dp = mesh_.dp_size(), mb = cfg_.train.micro_batch_size;
@@ -227,6 +239,10 @@ std::string Trainer::save(int64_t step) {
                 {"ep", mesh_.ep_size()},
                 {"pp", mesh_.pp_size()},
                 {"zero_stage", cfg_.parallel.zero_stage}}}};
+  const bool owner = !pipe_ || pipe_->owner;
+  req.write_dense = mesh_.dp_rank() == 0 && owner;
+  req.write_experts = mesh_.edp_rank() == 0 && owner;
+  if (pipe_ && pipe_->embedding_copy) req.skip_prefix = "embed_tokens.";
   last_checkpoint_ = save_checkpoint(req, *model_, *optim_, mesh_, world_);
   return last_checkpoint_;
 }
@@ -355,22 +371,30 @@ void Trainer::log_step(int64_t step,
   rec.mfu = flops_per_token_ * rec.tokens_per_s / (peak_flops_ * world_.size());
   const double avg_step = timed_steps_ > 0 ? train_seconds_ / timed_steps_ : step_s;
   rec.eta_s = avg_step * static_cast<double>(cfg_.train.steps - step);
-  auto biases = model::balance_biases(*model_).cpu();
+  auto biases = global_moe_rows(model::balance_biases(*model_).cpu().to(torch::kFloat32));
   const int64_t num_languages = static_cast<int64_t>(data_->language_names().size());
+  // Tokens per (language, expert) of each MoE layer over the log interval, summed over data
+  // parallel (and gathered from every stage).
+  std::vector<torch::Tensor> languages;
+  if (num_languages > 0) {
+    const int64_t local = static_cast<int64_t>(model_->moe_layers().size());
+    auto all = torch::zeros({local, num_languages, cfg_.model.num_routed_experts}, torch::kInt64);
+    for (int64_t i = 0; i < local; ++i) {
+      if (i < static_cast<int64_t>(language_counts_.size()) && language_counts_[i].defined())
+        all[i].copy_(language_counts_[i]);
+    }
+    auto& comm = pipe_ && pipe_->mirror_dp ? *pipe_->mirror_dp : mesh_.dp();
+    all = world_.to_device(all);
+    comm.all_reduce(all, parallel::ReduceOp::kSum);
+    all = global_moe_rows(world_.to_cpu(all));
+    for (int64_t i = 0; i < all.size(0); ++i) languages.push_back(all[i]);
+  }
   for (size_t i = 0; i < loads.size(); ++i) {
     MoELayerRecord l;
     l.tokens_per_expert = loads[i];
     l.bias = biases[i];
     // Tokens per (language, expert) over the log interval, summed over data parallel.
-    if (num_languages > 0) {
-      auto global =
-          i < language_counts_.size() && language_counts_[i].defined()
-              ? language_counts_[i]
-              : torch::zeros({num_languages, cfg_.model.num_routed_experts}, torch::kInt64);
-      global = world_.to_device(global);
-      mesh_.dp().all_reduce(global, parallel::ReduceOp::kSum);
-      l.languages = world_.to_cpu(global);
-    }
+    if (num_languages > 0) l.languages = languages[i];
     rec.moe.push_back(l);
   }
   if (is_logger()) {
@@ -383,6 +407,7 @@ void Trainer::log_step(int64_t step,
 Trainer::StepResult Trainer::train_step(int64_t step, std::vector<torch::Tensor>& loads) {
   StepResult r;
   auto sums = forward_backward(step);
+  sync_embedding_gradient();
   optim_->reduce_gradients();
   r.grad_norm = optim_->clip_grad_norm(cfg_.train.grad_clip);
   r.lr = lr_at(cfg_.optim, cfg_.train.steps, step);
@@ -401,7 +426,7 @@ BenchResult Trainer::benchmark(int64_t warmup, int64_t steps) {
                  ") must be >= 0 and --steps (", steps, ") > 0");
   BenchResult b;
   std::vector<torch::Tensor> loads;
-  std::vector<double> times;
+  std::vector<double> times, compute, wait;
   for (int64_t step = 1; step <= warmup + steps; ++step) {
     world_.barrier();
     auto t0 = std::chrono::steady_clock::now();
@@ -412,7 +437,26 @@ BenchResult Trainer::benchmark(int64_t warmup, int64_t steps) {
     auto t = world_.to_device(torch::tensor({seconds}, torch::kFloat64));
     world_.all_reduce(t, parallel::ReduceOp::kMax);  // the slowest rank
     if (step > warmup) times.push_back(world_.to_cpu(t).item<double>());
+    if (step > warmup && pipe_) {
+      compute.push_back(pipe_->timing.compute_s);
+      wait.push_back(pipe_->timing.wait_s);
+    }
     b.final_loss = r.stats.loss;
+  }
+  if (pipe_) {
+    // Per stage (this data-parallel column of the pipeline): median compute and wait.
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    auto mine = world_.to_device(torch::tensor({median(compute), median(wait)}, torch::kFloat64));
+    auto all = world_.to_device(torch::zeros({2 * mesh_.pp_size()}, torch::kFloat64));
+    mesh_.pp().all_gather(mine, all);
+    all = world_.to_cpu(all);
+    for (int s = 0; s < mesh_.pp_size(); ++s) {
+      b.stage_compute_s.push_back(all[2 * s].item<double>());
+      b.stage_wait_s.push_back(all[2 * s + 1].item<double>());
+    }
   }
   std::sort(times.begin(), times.end());
   b.steps = steps;
@@ -430,11 +474,14 @@ BenchResult Trainer::benchmark(int64_t warmup, int64_t steps) {
 bool Trainer::reduce_step_stats(const torch::Tensor& sums, double grad_norm, StepStats* st) {
   // NOTE: each rank adds 1 to the last entry when its losses or the global gradient norm are
   // not finite; a sum of small integers is exact in any reduction order, so every rank takes
-  // the same decision. Data parallel spans the world (the trainer runs pipeline_parallel 1).
+  // the same decision.
   // Built on the device: the step's one read of the loss sums is the to_cpu below.
   auto bad = (~torch::isfinite(sums)).any().to(torch::kFloat64).reshape({1});
   if (!std::isfinite(grad_norm)) bad.fill_(1.0);
   auto t = torch::cat({sums, bad});
+  // Pipeline: each stage holds the losses it computed (the last stage the loss, every stage
+  // its MoE layers' auxiliary loss).
+  if (mesh_.pp_size() > 1) mesh_.pp().all_reduce(t, parallel::ReduceOp::kSum);
   if (mesh_.dp_size() > 1) mesh_.dp().all_reduce(t, parallel::ReduceOp::kSum);
   t = world_.to_cpu(t);
   // Loss averaged over data-parallel ranks (each saw different rows).

@@ -20,6 +20,10 @@
 #include "parallel/mesh.h"
 #include "trainer/config/config.h"
 #include "trainer/optim/optimizer.h"
+#include "trainer/parallelize.h"
+#include "trainer/pipeline/partition.h"
+#include "trainer/pipeline/runtime.h"
+#include "trainer/pipeline/schedule.h"
 #include "trainer/tensorboard.h"
 
 namespace condensa::trainer {
@@ -37,6 +41,25 @@ struct BenchResult {
   double median_step_s = 0, min_step_s = 0, max_step_s = 0;
   double tokens_per_s = 0, flops_per_token = 0, peak_flops_per_rank = 0, mfu = 0;
   double final_loss = 0;
+  // Pipeline parallelism: per pipeline rank (data-parallel rank 0 of each stage), seconds per
+  // step inside passes and waiting for other stages, medians over the timed steps.
+  std::vector<double> stage_compute_s, stage_wait_s;
+};
+
+// Pipeline parallelism (parallel.pipeline_parallel > 1): what this rank runs and holds.
+struct PipelineState {
+  pipeline::ScheduleOptions schedule;
+  std::vector<pipeline::StageLayers> stages;                       // every stage of the model
+  std::vector<pipeline::ProgramStep> program;                      // this rank's training step
+  std::unique_ptr<parallel::Communicator> activations, gradients;  // over the pipeline ranks
+  std::unique_ptr<parallel::Communicator> embedding;  // first + last stage: embedding gradient
+  std::unique_ptr<parallel::Communicator> mirror_dp, mirror_edp;  // dualpipe: both copies
+  PipelineGroups groups;
+  bool owner = true;              // writes its stages (dualpipe: one rank of each mirrored pair)
+  bool embedding_copy = false;    // holds the last stage's copy of the embedding
+  std::vector<int64_t> moe_rows;  // row of each local MoE layer among the model's MoE layers
+  int64_t num_moe_rows = 0;
+  pipeline::PassTiming timing;  // the last step's
 };
 
 class Trainer {
@@ -71,6 +94,17 @@ class Trainer {
   StepResult train_step(int64_t step, std::vector<torch::Tensor>& global_loads);
   // Forward and backward of this rank's micro-batches: [loss, mtp, aux] sums on the device.
   torch::Tensor forward_backward(int64_t step);
+  // Pipeline parallelism (trainer/pipeline_step.cpp): the schedule, partition and groups of
+  // this rank (collective over world: splits communicators); returns the model part to build.
+  model::ModelPart setup_pipeline();
+  // forward_backward through the stages: the losses are summed on the stages that compute them.
+  torch::Tensor forward_backward_pipeline(int64_t step);
+  // The last stage's copy of the embedding gets the first stage's gradient and vice versa.
+  void sync_embedding_gradient();
+  double validation_loss_pipeline();
+  // Rows of this rank's MoE layers [L_local, ...] placed among all of the model's MoE layers
+  // [L, ...], summed over the pipeline ranks (collective over pp; the input as is when pp 1).
+  torch::Tensor global_moe_rows(const torch::Tensor& local);
   void update_router_bias(int64_t step, std::vector<torch::Tensor>& global_loads);
   // Bins the last forward's routing by the micro-batch's language ids [B, S].
   void count_routing_by_language(const torch::Tensor& language_BS);
@@ -118,6 +152,7 @@ class Trainer {
   int64_t consecutive_skips_ = 0;
   std::vector<torch::Tensor> language_counts_;  // per MoE layer [languages, E], log interval
   std::function<void(Phase)> on_phase_;
+  std::unique_ptr<PipelineState> pipe_;  // pipeline_parallel > 1
 };
 
 }  // namespace condensa::trainer

@@ -8,7 +8,8 @@
 // are not, rank 0 prints "NCCL backend: not run (...)" with their number.
 //
 // With CONDENSA_DIST_MODE=hang it is instead the child job of the watchdog test: rank 0 sleeps
-// instead of joining an all_reduce, and the others' watchdog must abort the job.
+// instead of joining an all_reduce, and the others' watchdog must abort the job. With
+// pipeline_stall / pipeline_dead it is the child job of the PipelineWatchdog tests.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -20,6 +21,7 @@
 #include "common/error.h"
 #include "parallel/mpi/mpi_communicator.h"
 #include "tests/dist/dist_env.h"
+#include "trainer/pipeline/runtime.h"
 
 namespace {
 
@@ -44,6 +46,40 @@ int run_hang_mode(int argc, char** argv) {
   torch::Tensor t = torch::ones({4});
   world->all_reduce(t);  // never completes: rank 0 does not join
   std::fprintf(stderr, "hang mode: all_reduce returned on rank %d\n", world->rank());
+  return 0;
+}
+
+// Child job of the PipelineWatchdog tests: a 1f1b program over 2 ranks (2 micro-batches)
+// whose rank 0 stalls ("pipeline_stall": computing for 60 s, holding no watchdog guard) or dies
+// ("pipeline_dead") in its second forward pass; rank 1 waits for that activation.
+int run_pipeline_mode(int argc, char** argv, bool dead) {
+  namespace pl = condensa::trainer::pipeline;
+  MpiRuntime mpi(&argc, &argv);
+  auto world = MpiCommunicator::world(env_double("CONDENSA_DIST_HANG_TIMEOUT_S", 3.0));
+  auto activations = world->split(0, world->rank());
+  activations->set_name("pp/activations");
+  auto gradients = world->split(0, world->rank());
+  gradients->set_name("pp/gradients");
+  pl::ScheduleOptions o;
+  o.num_ranks = 2;
+  o.num_micro_batches = 2;
+  const auto program = pl::build_program(o, pl::build_schedule(o));
+  pl::Passes passes;
+  passes.forward = [&](const pl::Action& a, const torch::Tensor& x) {
+    if (world->rank() == 0 && a.micro_batch == 1) {
+      if (dead) std::_Exit(3);
+      std::this_thread::sleep_for(std::chrono::seconds(60));
+      std::fprintf(stderr, "pipeline mode: rank 0 woke up; the job was not aborted\n");
+      std::_Exit(0);
+    }
+    return a.stage == 0 ? torch::ones({2, 3}) : torch::Tensor();
+  };
+  passes.backward = [&](const pl::Action& a, const torch::Tensor& g) {
+    return a.stage == 1 ? torch::ones({2, 3}) : torch::Tensor();
+  };
+  pl::run_program(program[world->rank()], passes, *activations, *gradients, {2, 3},
+                  torch::TensorOptions().dtype(torch::kFloat32));
+  std::fprintf(stderr, "pipeline mode: rank %d finished its program\n", world->rank());
   return 0;
 }
 
@@ -94,6 +130,8 @@ void report_backends_not_run() {
 int main(int argc, char** argv) {
   const char* mode = std::getenv("CONDENSA_DIST_MODE");
   if (mode && std::string(mode) == "hang") return run_hang_mode(argc, argv);
+  if (mode && std::string(mode) == "pipeline_stall") return run_pipeline_mode(argc, argv, false);
+  if (mode && std::string(mode) == "pipeline_dead") return run_pipeline_mode(argc, argv, true);
 
   MpiRuntime mpi(&argc, &argv);
   // Before InitGoogleTest: registering the communicator contract asks every rank, collectively,

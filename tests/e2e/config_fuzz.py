@@ -164,7 +164,8 @@ def base_lines(config_path):
 
 BAD_OUTPUT = ["what():", "terminate called", "Exception raised from", "frame #", "Segmentation",
               "Aborted", "core dumped", "Traceback"]
-KEY_NAME = re.compile(r"\b(" + "|".join(SECTIONS) + r")(\.[a-z_0-9]+)?\b|\bline \d+")
+# A key, a line, or (for a file with no section left) the file itself.
+KEY_NAME = re.compile(r"\b(" + "|".join(SECTIONS) + r")(\.[a-z_0-9]+)?\b|\bline \d+|config file '")
 
 
 def check(case, rc, out, err, seconds, limit_s):

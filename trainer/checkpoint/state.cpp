@@ -73,15 +73,16 @@ std::string save_checkpoint(const SaveRequest& req,
     const auto& name = item.key();
     auto& p = item.value();
     if (model::is_expert_param(name)) {
-      if (mesh.edp_rank() != 0) continue;
+      if (!req.write_experts) continue;
       const int64_t first = model.first_expert_of(p);
       for (int64_t e = 0; e < p.size(0); ++e)
         model_tensors.emplace_back(model::expert_global_name(name, first + e), p[e].cpu());
-    } else if (world.rank() == 0) {
+    } else if (req.write_dense &&
+               (req.skip_prefix.empty() || name.rfind(req.skip_prefix, 0) != 0)) {
       model_tensors.emplace_back(name, p.detach().cpu());
     }
   }
-  if (world.rank() == 0) {
+  if (req.write_dense) {
     for (auto& item : model.named_buffers())
       model_tensors.emplace_back(item.key(), item.value().cpu());
   }

@@ -3,8 +3,9 @@
 // Every tensor is saved under its layout-independent global name: dense parameters as they
 // are ("layers.0.self_attn.o_proj.weight"), routed experts one tensor per global expert
 // ("layers.1.mlp.experts.5.gate_proj", model::expert_global_name in model/param_names.h), the
-// balancing bias as a buffer. Dense parameters are
-// written by world rank 0, each expert shard by the first replica (edp rank 0) of its ep rank.
+// balancing bias as a buffer. Dense parameters are written by data-parallel rank 0 of the
+// stage that holds them, each expert shard by the first replica (edp rank 0) of its ep rank
+// (SaveRequest::write_*).
 // Optimizer state is written by the rank that owns it (all of it with ZeRO-0 by group rank 0;
 // the rank's flat shard with ZeRO-1) as pieces: element ranges [start, end) of a flattened
 // global tensor, described in the file's safetensors metadata. Loading assembles the global
@@ -30,6 +31,13 @@ struct SaveRequest {
   int64_t step = 0;
   int keep = 0;
   nlohmann::json meta;  // trainer state: tokens seen, data fingerprint, config, layout
+  // Which of this rank's model tensors it writes (each global tensor is written once):
+  // dense parameters and buffers (data-parallel rank 0 of a stage), expert slices (edp rank 0).
+  // Pipeline parallelism: a stage held twice (dualpipe) is written by one rank of the pair, and
+  // the last stage's copy of the embedding by none (names starting with skip_prefix).
+  bool write_dense = true;
+  bool write_experts = true;
+  std::string skip_prefix;
 };
 
 // Collective over the mesh's world: every rank writes its files, rank 0 commits. Returns the

@@ -21,7 +21,7 @@ namespace condensa::trainer {
 
 namespace {
 
-const char* kBenchHelp = R"(usage: condensa bench <matmul|alltoall|moe|train> [options]
+const char* kBenchHelp = R"(usage: condensa bench <matmul|alltoall|moe|train|pipeline> [options]
 
   matmul    [--dtype fp32|bf16|all] [--sizes 256,512,1024,2048] [--seconds S] [--threads N]
             GFLOP/s of square matmuls: the peak the trainer's MFU is measured against.
@@ -32,6 +32,12 @@ const char* kBenchHelp = R"(usage: condensa bench <matmul|alltoall|moe|train> [o
             weights, writing nothing: median tokens/s, step time and MFU against the matmul
             peak of the device in train.dtype (run under mpirun for several ranks).
             --profile: then profiles 2 more steps into a Chrome trace.
+  pipeline  --config X.yaml [--set k=v ...] [--steps N] [--warmup N]
+            [--schedules 1f1b,interleaved,dualpipe]
+            bench train for each schedule (interleaved with 2 virtual stages) under mpirun with
+            parallel.pipeline_parallel > 1: per stage, the time in passes and the time waiting
+            for other stages, and the measured idle / compute beside the schedule's
+            theoretical bubble (t_b = 2 t_f, free communication).
   moe       --config X.yaml [--set k=v ...] [--iters N]
             times route, dispatch, experts and combine of one MoE layer separately (run under
             mpirun with parallel.expert_parallel > 1 to measure the all-to-all).
@@ -176,9 +182,6 @@ int bench_train(const ParsedArgs& a) {
   const int64_t steps = a.get_int("--steps", 10), warmup = a.get_int("--warmup", 3);
   CONDENSA_CHECK(steps > 0, ConfigError, "bench train: --steps must be > 0, got ", steps);
   CONDENSA_CHECK(warmup >= 0, ConfigError, "bench train: --warmup must be >= 0, got ", warmup);
-  CONDENSA_CHECK(cfg.parallel.pipeline_parallel == 1, ConfigError,
-                 "bench train: parallel.pipeline_parallel (", cfg.parallel.pipeline_parallel,
-                 ") > 1 is not implemented in the trainer; use 1");
   // The learning-rate schedule spans the timed steps (warm-up included), as in a real run.
   cfg.train.steps = warmup + steps;
   World world = make_world(cfg.parallel);
@@ -229,6 +232,58 @@ int bench_train(const ParsedArgs& a) {
   return 0;
 }
 
+int bench_pipeline(const ParsedArgs& a) {
+  CONDENSA_CHECK(a.has("--config"), ConfigError, "bench pipeline needs --config X.yaml");
+  Config base = load_config(
+      a.get("--config"), a.flags.count("--set") ? a.flags.at("--set") : std::vector<std::string>{});
+  const int64_t steps = a.get_int("--steps", 5), warmup = a.get_int("--warmup", 2);
+  CONDENSA_CHECK(steps > 0 && warmup >= 0, ConfigError, "bench pipeline: --steps (", steps,
+                 ") must be > 0 and --warmup (", warmup, ") >= 0");
+  World world = make_world(base.parallel);
+  auto& comm = world.comm();
+  CONDENSA_CHECK(base.parallel.pipeline_parallel > 1, ConfigError,
+                 "bench pipeline: parallel.pipeline_parallel is ", base.parallel.pipeline_parallel,
+                 "; set it > 1 and run under mpirun");
+  const auto names = a.get("--schedules", "1f1b,interleaved,dualpipe");
+  std::stringstream list(names);
+  std::string name;
+  if (comm.rank() == 0) {
+    std::printf("bench pipeline: %s | pp %ld | %d rank(s) | %ld timed steps after %ld warm-up\n",
+                a.get("--config").c_str(), static_cast<long>(base.parallel.pipeline_parallel),
+                comm.size(), static_cast<long>(steps), static_cast<long>(warmup));
+  }
+  while (std::getline(list, name, ',')) {
+    Config cfg = base;
+    cfg.parallel.pipeline_schedule = name;
+    cfg.parallel.virtual_stages = name == "interleaved" ? 2 : 1;
+    cfg.train.steps = warmup + steps;
+    cfg.validate();
+    cfg.validate_for_world(comm.size());
+    const auto o = pipeline_schedule_options(cfg, comm.size());
+    Trainer trainer(cfg, comm);
+    const auto b = trainer.benchmark(warmup, steps);
+    if (comm.rank() != 0) continue;
+    double busy = 0, idle = 0;
+    std::printf("%-12s step %8.1f ms | tokens/s %8.0f | theoretical bubble %.3f\n", name.c_str(),
+                b.median_step_s * 1e3, b.tokens_per_s, pipeline::theoretical_bubble(o));
+    for (size_t s = 0; s < b.stage_compute_s.size(); ++s) {
+      std::printf("  rank %zu: passes %8.1f ms, waiting %8.1f ms (%.0f%% of its step)\n", s,
+                  b.stage_compute_s[s] * 1e3, b.stage_wait_s[s] * 1e3,
+                  100 * b.stage_wait_s[s] / (b.stage_compute_s[s] + b.stage_wait_s[s]));
+      busy += b.stage_compute_s[s];
+      idle += b.stage_wait_s[s];
+    }
+    std::printf("  measured idle / compute %.3f (theoretical %.3f)\n", idle / busy,
+                pipeline::theoretical_bubble(o));
+    std::printf(
+        "{\"bench\": \"pipeline\", \"schedule\": \"%s\", \"step_ms\": %.3f, "
+        "\"idle_over_compute\": %.4f, \"theoretical_bubble\": %.4f}\n",
+        name.c_str(), b.median_step_s * 1e3, idle / busy, pipeline::theoretical_bubble(o));
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int bench_command(const Args& args) {
@@ -239,7 +294,7 @@ int bench_command(const Args& args) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   auto a = parse_args(rest,
                       {"--dtype", "--sizes", "--seconds", "--threads", "--min-bytes", "--max-bytes",
-                       "--iters", "--warmup", "--config", "--steps", "--profile"},
+                       "--iters", "--warmup", "--config", "--steps", "--profile", "--schedules"},
                       {}, {"--set"});
   if (a.help) {
     std::fputs(kBenchHelp, stdout);
@@ -249,7 +304,9 @@ int bench_command(const Args& args) {
   if (args[0] == "alltoall") return bench_alltoall(a);
   if (args[0] == "moe") return bench_moe(a);
   if (args[0] == "train") return bench_train(a);
-  throw ConfigError(str("unknown benchmark '", args[0], "' (matmul, alltoall, moe, train)"));
+  if (args[0] == "pipeline") return bench_pipeline(a);
+  throw ConfigError(
+      str("unknown benchmark '", args[0], "' (matmul, alltoall, moe, train, pipeline)"));
 }
 
 }  // namespace condensa::trainer

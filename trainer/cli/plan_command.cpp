@@ -30,7 +30,8 @@ bytes per step, time per step, tokens/s per rank, MFU and GPU-hours per trillion
   --hardware cpu     measures this machine (matmuls at the model's shapes, an elementwise
                      kernel, the all-to-all): run it under `mpirun -np N` with the planned
                      ranks, or give --measure-ranks N for the ranks that will share the cores
-  --schedule         pipeline schedule (default 1f1b); dualpipe overlaps the all-to-all
+  --schedule         pipeline schedule (default parallel.pipeline_schedule); dualpipe
+                     overlaps the all-to-all
   --compare          a table of layouts (--pp and --ep: comma-separated values; default the
                      config's value, half and double) sorted by cost, non-fitting ones marked
 The model, its assumptions and sources: docs/plan.md. Counting rules: docs/model.md.
@@ -93,6 +94,16 @@ void print_plan(const Config& cfg, const plan::Plan& p, const plan::HardwareProf
   const auto& mem = p.memory;
   std::printf("memory per rank (stage %ld, the largest): %.2f GiB\n", static_cast<long>(mem.stage),
               mem.total() / kGiB);
+  if (p.stage_memory.size() > 1) {
+    std::printf("  per stage (GiB):");
+    for (size_t s = 0; s < p.stage_memory.size(); ++s)
+      std::printf(" %zu: %.2f%s", s, p.stage_memory[s] / kGiB,
+                  s + 1 < p.stage_memory.size() ? "," : "\n");
+    std::printf(
+        "pipeline bubble: %.4f of compute (%s, %ld micro-batches; t_b = 2 t_f, no "
+        "communication)\n",
+        p.bubble_fraction, plan::schedule_name(p.schedule), static_cast<long>(p.micro_batches));
+  }
   std::printf(
       "  bf16 weights %.2f, fp32 master %.2f, fp32 grads %.2f, AdamW state %.2f (ZeRO-%ld)\n",
       mem.weights / kGiB, mem.master / kGiB, mem.grads / kGiB, mem.optimizer / kGiB,
@@ -162,7 +173,9 @@ int plan_command(const Args& args) {
   const int64_t world = a.get_int("--world", default_world);
   cfg.validate_for_world(world);
   plan::PlanOptions options;
-  options.schedule = plan::parse_schedule(a.get("--schedule", "1f1b"));
+  // The config's schedule unless the flags say otherwise.
+  options.schedule = plan::parse_schedule(a.get("--schedule", cfg.parallel.pipeline_schedule));
+  if (cfg.parallel.virtual_stages > 1) options.virtual_stages = cfg.parallel.virtual_stages;
   options.virtual_stages = a.get_int("--virtual-stages", options.virtual_stages);
   plan::HardwareProfile hw;
   if (cpu) {

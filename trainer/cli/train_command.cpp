@@ -55,12 +55,6 @@ int train_command(const Args& args) {
     std::fputs(config_to_yaml(cfg).c_str(), stdout);
     return 0;
   }
-  if (cfg.parallel.pipeline_parallel != 1) {
-    throw ConfigError(
-        str("parallel.pipeline_parallel (", cfg.parallel.pipeline_parallel,
-            ") > 1: pipeline schedules are not implemented in the trainer yet (condensa plan "
-            "accepts such layouts); use 1"));
-  }
   World world = make_world(cfg.parallel);
   install_stop_handlers();  // again, should MPI initialisation have replaced them
   auto& comm = world.comm();

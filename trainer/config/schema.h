@@ -17,6 +17,9 @@
 
 #include "model/model_config.h"
 
+namespace condensa::trainer::pipeline {
+struct ScheduleOptions;
+}
 namespace condensa::parallel {
 struct MeshOptions;
 }  // namespace condensa::parallel
@@ -115,18 +118,29 @@ struct ParallelConfig {
   int64_t pipeline_parallel = 1;
   int64_t zero_stage = 0;
   double timeout_s = 300.0;
-  std::string backend = "auto";  // auto | mpi | nccl
-  int64_t ranks_per_node = 0;    // 0 = discover; > 0 fakes nodes of that many ranks
+  std::string backend = "auto";            // auto | mpi | nccl
+  int64_t ranks_per_node = 0;              // 0 = discover; > 0 fakes nodes of that many ranks
+  std::string pipeline_schedule = "1f1b";  // 1f1b | interleaved | dualpipe
+  int64_t virtual_stages = 1;              // model chunks per rank (interleaved)
+  std::string pipeline_layers;             // "" = balanced; else layer counts per stage
   template <class V>
   void visit(V& v) {
     v("expert_parallel", expert_parallel, "ranks sharing one MoE layer's experts (divides dp)");
     v("pipeline_parallel", pipeline_parallel, "pipeline stages (divides the world size)");
+    v("pipeline_schedule", pipeline_schedule,
+      "pipeline schedule: 1f1b | interleaved | dualpipe (read when pipeline_parallel > 1)");
+    v("virtual_stages", virtual_stages, "model chunks per pipeline rank (interleaved only, >= 2)");
+    v("pipeline_layers", pipeline_layers,
+      "decoder layers per stage, e.g. \"3,4,4,2\" (one per stage); empty = balanced by "
+      "activated parameters");
     v("zero_stage", zero_stage, "0 = replicated AdamW state, 1 = sharded over data parallel");
     v("timeout_s", timeout_s, "abort every rank when a collective exceeds this; 0 = never");
     v("backend", backend, "communicator: auto | mpi | nccl");
     v("ranks_per_node", ranks_per_node, "override the node map (testing); 0 = discover");
   }
   void validate() const;
+  // pipeline_layers as numbers ("[3, 4]" or "3,4"); ConfigError naming the key otherwise.
+  std::vector<int64_t> pipeline_layer_counts() const;
 };
 
 struct CheckpointConfig {
@@ -195,5 +209,9 @@ struct Config {
 // The mesh layout of a config that passed validate_for_world(world size): pipeline stages,
 // expert parallel and the fake node size. Include parallel/mesh.h to call it.
 parallel::MeshOptions mesh_options(const Config& config);
+
+// The pipeline schedule of a config on a world of `world` ranks: kind, p, micro-batches per
+// step (global batch / (dp x micro batch)), virtual stages. Include trainer/pipeline/schedule.h.
+pipeline::ScheduleOptions pipeline_schedule_options(const Config& config, int64_t world);
 
 }  // namespace condensa::trainer

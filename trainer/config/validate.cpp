@@ -3,10 +3,13 @@
 // Config::validate_for_world(). Messages name the YAML key(s) and the values, and for a
 // relation both operands: "parallel.expert_parallel (3) must divide ... (4)".
 #include <initializer_list>
+#include <sstream>
 
 #include "common/error.h"
 #include "parallel/mesh.h"
 #include "trainer/config/schema.h"
+#include "trainer/pipeline/partition.h"
+#include "trainer/pipeline/schedule.h"
 
 namespace condensa::trainer {
 
@@ -40,6 +43,7 @@ constexpr int64_t kMaxEvalBatches = 1000000;
 constexpr int64_t kMaxRanks = int64_t{1} << 20;
 constexpr double kMaxTimeoutS = 7 * 24 * 3600.0;
 constexpr int64_t kMaxKeep = 1000000;
+constexpr int64_t kMaxLayers = 100000;
 }  // namespace
 
 void RunConfig::validate() const {
@@ -92,6 +96,40 @@ void ParallelConfig::validate() const {
   require_in<double>("parallel.timeout_s", timeout_s, 0, kMaxTimeoutS, "(0 disables the watchdog)");
   require_one_of("parallel.backend", backend, {"auto", "mpi", "nccl"});
   require_in<int64_t>("parallel.ranks_per_node", ranks_per_node, 0, kMaxRanks, "(0 = discover)");
+  pipeline::parse_schedule_kind(pipeline_schedule);
+  require_in<int64_t>("parallel.virtual_stages", virtual_stages, 1, 64);
+  if (virtual_stages != 1 && pipeline_schedule != "interleaved") {
+    throw ConfigError(str("parallel.virtual_stages (", virtual_stages,
+                          ") is read by parallel.pipeline_schedule interleaved only, not '",
+                          pipeline_schedule, "'; set it to 1"));
+  }
+  pipeline_layer_counts();
+}
+
+std::vector<int64_t> ParallelConfig::pipeline_layer_counts() const {
+  std::vector<int64_t> out;
+  std::string text = pipeline_layers;
+  for (char& c : text) {
+    if (c == '[' || c == ']' || c == ',') c = ' ';
+  }
+  std::istringstream in(text);
+  std::string item;
+  while (in >> item) {
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != item.size() || v < 1 || v > kMaxLayers) {
+      throw ConfigError(str("parallel.pipeline_layers ('", pipeline_layers, "'): '", item,
+                            "' is not a layer count in [1, ", kMaxLayers,
+                            "]; write one count per stage, e.g. \"3,4,4,2\""));
+    }
+    out.push_back(v);
+  }
+  return out;
 }
 
 void CheckpointConfig::validate() const {
@@ -151,6 +189,24 @@ void Config::validate_for_world(int64_t world) const {
                           ") must be divisible by train.micro_batch_size (", train.micro_batch_size,
                           ") x data-parallel size (", dp, ") = ", train.micro_batch_size * dp));
   }
+  if (parallel.pipeline_parallel > 1) {
+    const auto o = pipeline_schedule_options(*this, world);
+    pipeline::validate(o);
+    pipeline::partition_layers(model, pipeline::num_stages(o), parallel.pipeline_layer_counts());
+  } else if (!parallel.pipeline_layers.empty()) {
+    throw ConfigError(str("parallel.pipeline_layers ('", parallel.pipeline_layers,
+                          "') is set but parallel.pipeline_parallel is 1"));
+  }
+}
+
+pipeline::ScheduleOptions pipeline_schedule_options(const Config& c, int64_t world) {
+  pipeline::ScheduleOptions o;
+  o.kind = pipeline::parse_schedule_kind(c.parallel.pipeline_schedule);
+  o.num_ranks = static_cast<int>(c.parallel.pipeline_parallel);
+  o.num_micro_batches = static_cast<int>(c.train.global_batch_size /
+                                         (c.data_parallel(world) * c.train.micro_batch_size));
+  o.virtual_stages = static_cast<int>(c.parallel.virtual_stages);
+  return o;
 }
 
 parallel::MeshOptions mesh_options(const Config& c) {

@@ -116,7 +116,12 @@ double Optimizer::clip_grad_norm(double max_norm) {
     auto sq = torch::linalg_vector_norm(g.grad_shard, 2).to(torch::kFloat64).pow(2).reshape({1});
     parallel::sum_owned_partials(sq, g.plan, *g.spec.reduce_comm);
     if (g.spec.norm_comm && g.spec.norm_comm->size() > 1) g.spec.norm_comm->all_reduce(sq);
+    if (g.spec.norm_weight != 1.0) sq.mul_(g.spec.norm_weight);
     total = total.to(sq.device()) + sq;
+  }
+  if (stages_ && stages_->size() > 1) {
+    total = total.to(stages_->device()).contiguous();
+    stages_->all_reduce(total);
   }
   const double norm = std::sqrt(total.item<double>());  // the norm's one host read
   if (max_norm > 0 && norm > max_norm) {
@@ -168,6 +173,7 @@ std::vector<StatePiece> Optimizer::owned_state() const {
   for (auto& g : groups_) {
     // ZeRO-0 state is replicated: rank 0 of the group saves it.
     if (zero_stage_ == 0 && g.spec.reduce_comm->rank() != 0) continue;
+    if (!g.spec.save_state) continue;
     for (const auto& o : g.plan.owned_overlaps()) {
       const auto& name = g.spec.params[o.tensor].name;
       const int64_t start = o.tensor_offset, end = o.tensor_offset + o.size;

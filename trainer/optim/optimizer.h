@@ -39,6 +39,11 @@ struct ParamGroupSpec {
   parallel::Communicator* reduce_comm = nullptr;  // gradients summed (and ZeRO sharded) here
   parallel::Communicator* norm_comm = nullptr;    // extra sum of the norm (experts: over ep)
   double grad_scale = 1.0;                        // applied after the sum (1 / dp)
+  // Pipeline parallelism: a parameter held by two stages (the embedding on the first and last
+  // stage, every stage under dualpipe) has identical gradients on both; only one copy counts in
+  // the global norm (weight 1, the other 0) and only one saves its optimizer state.
+  double norm_weight = 1.0;
+  bool save_state = true;
 };
 
 // A range of one parameter's optimizer state owned by this rank (flattened element offsets).
@@ -60,6 +65,9 @@ class Optimizer {
   void reduce_gradients();
   // Global gradient L2 norm (before clipping); scales gradients when it exceeds max_norm > 0.
   double clip_grad_norm(double max_norm);
+  // Pipeline parallelism: the squared norm is also summed over `stages` (each stage holds
+  // different parameters), so that every stage clips by the norm of the whole model.
+  void set_norm_across_stages(parallel::Communicator* stages) { stages_ = stages; }
   // AdamW update with this learning rate; parameters are identical on all ranks afterwards.
   void step(double lr);
 
@@ -91,6 +99,7 @@ class Optimizer {
   AdamWHyper decay_, no_decay_;
   int zero_stage_;
   bool fused_;
+  parallel::Communicator* stages_ = nullptr;
   int64_t step_count_ = 0;
 };
 

@@ -231,13 +231,17 @@ void check_layout(const Config& c, int64_t world, const PlanOptions& o, int64_t 
     throw ConfigError(str("parallel.pipeline_parallel (", pp, ") exceeds the model's ", num_units,
                           " pipeline units (embedding, layers, head, MTP modules)"));
   }
-  if (o.schedule == Schedule::kDualPipe && (pp % 2 != 0 || m % 2 != 0 || m < pp)) {
-    throw ConfigError(str("--schedule dualpipe needs an even pipeline_parallel (", pp,
-                          ") and an even number of micro-batches per step (", m,
-                          ") of at least pipeline_parallel"));
-  }
   if (o.schedule == Schedule::kInterleaved && o.virtual_stages < 1) {
     throw ConfigError(str("--virtual-stages (", o.virtual_stages, ") must be >= 1"));
+  }
+  if (pp > 1) {
+    // The trainer's rules for the planned schedule (which --schedule may change).
+    pipeline::ScheduleOptions so;
+    so.kind = o.schedule;
+    so.num_ranks = static_cast<int>(pp);
+    so.num_micro_batches = static_cast<int>(m);
+    so.virtual_stages = static_cast<int>(o.virtual_stages);
+    pipeline::validate(so);
   }
 }
 
@@ -254,6 +258,14 @@ Plan make_plan(const Config& c, int64_t world, const HardwareProfile& hw, const 
   p.ep = c.parallel.expert_parallel;
   p.schedule = o.schedule;
   p.micro_batches = c.train.global_batch_size / (c.train.micro_batch_size * p.dp);
+  if (p.pp > 1) {
+    pipeline::ScheduleOptions so;
+    so.kind = o.schedule;
+    so.num_ranks = static_cast<int>(p.pp);
+    so.num_micro_batches = static_cast<int>(p.micro_batches);
+    so.virtual_stages = static_cast<int>(o.virtual_stages);
+    p.bubble_fraction = pipeline::theoretical_bubble(so);
+  }
   p.flops_per_token = model::training_flops_per_token(m, c.train.seq_len);
   const int64_t pp = p.pp, edp = p.dp / p.ep, mb = p.micro_batches;
   const double tokens = static_cast<double>(c.train.micro_batch_size * c.train.seq_len);
@@ -373,6 +385,7 @@ Plan make_plan(const Config& c, int64_t world, const HardwareProfile& hw, const 
       mem.in_flight = held;
     }
     mem.activations = d.saved * mem.in_flight;
+    p.stage_memory.push_back(mem.total());
     if (s == 0 || mem.total() > p.memory.total()) p.memory = mem;
   }
   p.fits = p.memory.total() <= hw.usable_memory * hw.memory_bytes;

@@ -80,6 +80,8 @@ struct Plan {
   std::vector<int64_t> stage_first_unit;  // stage s holds units [first[s], first[s+1])
   double flops_per_token = 0;             // model FLOPs (model::training_flops_per_token)
   MemoryBreakdown memory;
+  std::vector<double> stage_memory;  // bytes per rank of each pipeline stage
+  double bubble_fraction = 0;        // idle over compute of the schedule (t_b = 2 t_f, no comm)
   CommBreakdown comm;
   TimeBreakdown time;
   double tokens_per_s_per_rank = 0, mfu = 0, gpu_hours_per_trillion = 0;

@@ -237,6 +237,48 @@ const Case kCases[] = {
      "model: {max_seq_len: 128, mtp_depth: 1}\ntrain: {seq_len: 128}",
      {},
      {"train.seq_len (128) + model.mtp_depth (1) = 129 exceeds model.max_seq_len (128)"}},
+    // Pipeline parallelism.
+    {"pipeline schedule name",
+     "parallel: {pipeline_schedule: gpipe}",
+     {},
+     {"parallel.pipeline_schedule", "'gpipe'"}},
+    {"virtual stages without interleaved",
+     "parallel: {virtual_stages: 2}",
+     {},
+     {"parallel.virtual_stages (2)", "interleaved only", "'1f1b'"}},
+    {"pipeline layers not counts",
+     "parallel: {pipeline_layers: '3,x'}",
+     {},
+     {"parallel.pipeline_layers ('3,x')", "'x' is not a layer count"}},
+    {"pipeline layers without pipeline",
+     "model: {num_layers: 4}\nparallel: {pipeline_layers: '2,2'}",
+     {},
+     {"parallel.pipeline_layers ('2,2') is set but parallel.pipeline_parallel is 1"},
+     1},
+    {"too few micro-batches for 1f1b",
+     "model: {num_layers: 4}\nparallel: {pipeline_parallel: 4}\n"
+     "train: {global_batch_size: 4, micro_batch_size: 2}",
+     {},
+     {"parallel.pipeline_schedule 1f1b", "(2) >= parallel.pipeline_parallel (4)"},
+     4},
+    {"too few micro-batches for dualpipe",
+     "model: {num_layers: 4}\nparallel: {pipeline_parallel: 2, pipeline_schedule: dualpipe}\n"
+     "train: {global_batch_size: 4, micro_batch_size: 2}",
+     {},
+     {"parallel.pipeline_schedule dualpipe", "(2)", ">= 2 x parallel.pipeline_parallel"},
+     2},
+    {"pipeline layers do not sum",
+     "model: {num_layers: 4}\nparallel: {pipeline_parallel: 2, pipeline_layers: '1,2'}\n"
+     "train: {global_batch_size: 8, micro_batch_size: 2}",
+     {},
+     {"parallel.pipeline_layers sums to 3", "model.num_layers is 4"},
+     2},
+    {"more stages than layers",
+     "model: {num_layers: 2}\nparallel: {pipeline_parallel: 4}\n"
+     "train: {global_batch_size: 8, micro_batch_size: 2}",
+     {},
+     {"model.num_layers (2)"},
+     4},
 };
 
 INSTANTIATE_TEST_SUITE_P(All, ConfigErrors, ::testing::ValuesIn(kCases), case_name);
@@ -313,7 +355,7 @@ TEST(Config, WorldDependentChecksNameEveryOperand) {
 
 TEST(Config, ValidLayoutsPassTheWorldRules) {
   auto c = parse_config_text(
-      "train: {global_batch_size: 16, micro_batch_size: 2}\n"
+      "train: {global_batch_size: 32, micro_batch_size: 2}\n"
       "parallel: {pipeline_parallel: 2, expert_parallel: 4, ranks_per_node: 8}");
   EXPECT_NO_THROW(c.validate_for_world(16));
   EXPECT_NO_THROW(parse_config_text("{}").validate_for_world(1));

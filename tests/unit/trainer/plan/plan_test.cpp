@@ -217,8 +217,17 @@ TEST(Plan, SchedulesBubblesAndOverlap) {
   EXPECT_DOUBLE_EQ(f.memory.in_flight, 16);  // stage 0 of 1F1B holds pp micro-batches
   o.schedule = Schedule::kInterleaved;
   o.virtual_stages = 4;
-  const Plan i = make_plan(c, 2048, hw, o);
+  // Interleaving needs micro-batches in groups of pp: 120 per step is refused, 128 runs.
+  EXPECT_THROW(make_plan(c, 2048, hw, o), condensa::ConfigError);
+  Config c128 = c;
+  c128.train.global_batch_size = 16384;
+  const Plan i = make_plan(c128, 2048, hw, o);
   EXPECT_NEAR(i.time.bubble, (i.pp - 1) * i.time.micro_batch / 4, 1e-9);
+  EXPECT_NEAR(i.bubble_fraction, 15.0 / (4 * 128), 1e-12);
+  EXPECT_NEAR(f.bubble_fraction, 15.0 / 120, 1e-12);
+  ASSERT_EQ(f.stage_memory.size(), 16u);
+  EXPECT_DOUBLE_EQ(*std::max_element(f.stage_memory.begin(), f.stage_memory.end()),
+                   f.memory.total());
   o.schedule = Schedule::kDualPipe;
   const Plan d = make_plan(c, 2048, hw, o);
   // Overlap: a micro-batch costs its compute or its communication, whichever is longer.
@@ -283,11 +292,11 @@ TEST(Plan, BadLayoutsAreConfigErrors) {
   Config c = load("configs/deepseek-v3-671b.yaml");
   PlanOptions o;
   o.schedule = Schedule::kDualPipe;
-  c.parallel.pipeline_parallel = 1;
+  c.parallel.pipeline_parallel = 3;
   c.parallel.expert_parallel = 1;
   c.train.global_batch_size = 7;
   try {
-    make_plan(c, 7, builtin_profile("h800"), o);
+    make_plan(c, 3, builtin_profile("h800"), o);
     FAIL() << "an odd pipeline under dualpipe was accepted";
   } catch (const condensa::ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("dualpipe"), std::string::npos) << e.what();
