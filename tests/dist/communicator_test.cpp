@@ -201,6 +201,24 @@ TEST_P(DtypeTest, SendRecvRing) {
   expect_equal(comm().to_cpu(got), all[prev]);
 }
 
+TEST_P(DtypeTest, PostedSendsArriveInOrderWhateverEachRankDoesFirst) {
+  // Every rank posts two sends to the next rank before receiving anything: posting never
+  // waits, the receives match in posting order, and wait_sends returns once both arrived.
+  const int next = (rank() + 1) % size(), prev = (rank() + size() - 1) % size();
+  const auto all = inputs(53, {2, 3});
+  const torch::Tensor first = comm().to_device(all[rank()]);
+  const torch::Tensor second = comm().to_device(all[rank()] * 2);
+  comm().post_send(first, next);
+  comm().post_send(second, next);
+  torch::Tensor a = comm().to_device(torch::zeros({2, 3}, dtype()));
+  torch::Tensor b = comm().to_device(torch::zeros({2, 3}, dtype()));
+  comm().recv(a, prev);
+  comm().recv(b, prev);
+  comm().wait_sends();
+  expect_equal(comm().to_cpu(a), all[prev]);
+  expect_equal(comm().to_cpu(b), all[prev] * 2);
+}
+
 std::string dtype_test_name(
     const ::testing::TestParamInfo<std::tuple<std::string, torch::ScalarType>>& info) {
   return std::get<0>(info.param) + "_" + c10::toString(std::get<1>(info.param));
