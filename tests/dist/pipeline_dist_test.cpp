@@ -131,6 +131,9 @@ TEST_F(PipelineDist, LossCurveOfEveryScheduleEqualsOneRank) {
   const Curve ref_norm = read_curve(dir("world1"), "grad_norm");
   const Curve ref_aux = read_curve(dir("world1"), "aux_loss");
   ASSERT_GT(ref_aux.at(1), 0.0);
+  // The final validation, run as forward passes through the stages.
+  const Curve ref_val = read_curve(dir("world1"), "val_loss");
+  ASSERT_EQ(ref_val.count(kSteps), 1u);
   for (const auto& layout : layouts(world.size())) {
     for (int zero : {0, 1}) {
       const std::string name = layout.name + "_zero" + std::to_string(zero);
@@ -140,6 +143,7 @@ TEST_F(PipelineDist, LossCurveOfEveryScheduleEqualsOneRank) {
       expect_close(ref, read_curve(dir(name)), 1, name);
       expect_close(ref_norm, read_curve(dir(name), "grad_norm"), 1, name + " grad_norm");
       expect_close(ref_aux, read_curve(dir(name), "aux_loss"), 1, name + " aux_loss");
+      expect_close(ref_val, read_curve(dir(name), "val_loss"), kSteps, name + " val_loss");
     }
   }
 }
@@ -171,6 +175,13 @@ TEST_F(PipelineDist, CheckpointsMoveBetweenPipelineLayouts) {
   auto one = first_ranks(1);
   train(one.get(), dir("on1"), {"checkpoint.resume=" + from_pp});
   expect_close(ref, read_curve(dir("on1")), 11, "pp " + std::to_string(n) + " -> pp 1");
+  // Saved under dualpipe (every stage held twice, ZeRO-1 over both copies), resumed on one rank.
+  train(&world, dir("dualpipe"),
+        {"parallel.pipeline_parallel=2", "parallel.pipeline_schedule=dualpipe",
+         "parallel.zero_stage=1", "train.stop_at_step=10"});
+  train(one.get(), dir("dualpipe_on1"),
+        {"checkpoint.resume=" + dir("dualpipe") + "/checkpoints/step_00000010"});
+  expect_close(ref, read_curve(dir("dualpipe_on1")), 11, "pp 2 dualpipe -> pp 1");
   // Saved on one rank, resumed with pp 2 (x ep 2 on 4 ranks).
   train(one.get(), dir("one"), {"train.stop_at_step=10"});
   const std::string from_one = dir("one") + "/checkpoints/step_00000010";

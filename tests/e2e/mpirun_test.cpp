@@ -2,7 +2,8 @@
 // signal goes to one rank (signalling mpirun itself makes Open MPI kill the ranks after a grace
 // period and exit non-zero). The ranks combine their stop flags every step, so signalling rank 1,
 // which does not log, must stop both, save a committed checkpoint, make mpirun exit 0, and the
-// next run must resume from that checkpoint.
+// next run must resume from that checkpoint; the same with two pipeline stages, rank 1 being
+// the last one.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -20,27 +21,29 @@ namespace {
 
 constexpr double kDeadlineS = 300;  // bounds a broken run only; a healthy one takes seconds
 
-std::vector<std::string> mpirun_train(const TempDir& dir, const std::string& steps) {
-  return {"mpirun",
-          "--allow-run-as-root",
-          "--oversubscribe",
-          "-x",
-          "OMP_NUM_THREADS=1",
-          "-np",
-          "2",
-          CONDENSA_BINARY,
-          "train",
-          source_path("configs/tiny.yaml"),
-          "--set",
-          "run.dir=" + dir.str(),
-          "--set",
-          "log.every=1",
-          "--set",
-          "checkpoint.every=0",
-          "--set",
-          "parallel.expert_parallel=2",
-          "--set",
-          "train.steps=" + steps};
+std::vector<std::string> mpirun_train(const TempDir& dir,
+                                      const std::string& steps,
+                                      const std::vector<std::string>& layout) {
+  std::vector<std::string> cmd{"mpirun",
+                               "--allow-run-as-root",
+                               "--oversubscribe",
+                               "-x",
+                               "OMP_NUM_THREADS=1",
+                               "-np",
+                               "2",
+                               CONDENSA_BINARY,
+                               "train",
+                               source_path("configs/tiny.yaml"),
+                               "--set",
+                               "run.dir=" + dir.str(),
+                               "--set",
+                               "log.every=1",
+                               "--set",
+                               "checkpoint.every=0",
+                               "--set",
+                               "train.steps=" + steps};
+  for (const auto& key : layout) cmd.insert(cmd.end(), {"--set", key});
+  return cmd;
 }
 
 // The process of rank `rank` among the children of mpirun (0 if not found).
@@ -53,11 +56,11 @@ pid_t rank_pid(pid_t mpirun, int rank) {
 
 }  // namespace
 
-TEST(TrainUnderMpirun, SigtermToOneRankStopsEveryRankSavesAndResumes) {
+static void sigterm_stops_every_rank_saves_and_resumes(const std::vector<std::string>& layout) {
   TempDir dir;
   int64_t step = 0;
   {
-    ChildProcess job(mpirun_train(dir, "100000"), (dir.path() / "out1.txt").string());
+    ChildProcess job(mpirun_train(dir, "100000", layout), (dir.path() / "out1.txt").string());
     ASSERT_TRUE(wait_until([&] { return read_losses(dir.path()).count(3) > 0; }, kDeadlineS))
         << job.output();
     const pid_t rank1 = rank_pid(job.pid(), 1);
@@ -80,11 +83,21 @@ TEST(TrainUnderMpirun, SigtermToOneRankStopsEveryRankSavesAndResumes) {
   EXPECT_TRUE(fs::exists(dir.path() / "checkpoints" / name / "model-rank00001.safetensors"));
 
   // The same command with a finite step count continues from the saved step.
-  ChildProcess resumed(mpirun_train(dir, std::to_string(step + 2)),
+  ChildProcess resumed(mpirun_train(dir, std::to_string(step + 2), layout),
                        (dir.path() / "out2.txt").string());
   ASSERT_EQ(resumed.wait(kDeadlineS), 0) << resumed.output();
   EXPECT_NE(resumed.output().find("resumed from"), std::string::npos) << resumed.output();
   const auto losses = read_losses(dir.path());
   EXPECT_TRUE(losses.count(step + 1) && losses.count(step + 2)) << resumed.output();
   EXPECT_EQ(losses.rbegin()->first, step + 2);
+}
+
+TEST(TrainUnderMpirun, SigtermToOneRankStopsEveryRankSavesAndResumes) {
+  sigterm_stops_every_rank_saves_and_resumes({"parallel.expert_parallel=2"});
+}
+
+// Rank 1 is the last pipeline stage: the stop flag, the save and the resume cross stages.
+TEST(TrainUnderMpirun, SigtermToTheLastPipelineStageStopsBothStagesSavesAndResumes) {
+  sigterm_stops_every_rank_saves_and_resumes(
+      {"parallel.pipeline_parallel=2", "model.mtp_depth=1", "parallel.pipeline_schedule=1f1b"});
 }
