@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -70,4 +71,39 @@ TEST(BenchCli, TrainRejectsBadStepsAndWritesProfile) {
   }
   EXPECT_TRUE(saw_mm);
   EXPECT_TRUE(saw_adamw);
+}
+
+// `bench pipeline` under mpirun: every schedule trains, and for each the per-rank pass and wait
+// times and the measured idle / compute are printed beside the theoretical bubble.
+TEST(BenchCli, PipelinePrintsIdleTimePerStageForEachSchedule) {
+  TempDir dir;
+  auto r =
+      run_command(std::string("mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 "
+                              "-np 2 ") +
+                  CONDENSA_BINARY + " bench pipeline --config " + source_path("configs/tiny.yaml") +
+                  " --steps 2 --warmup 1 --set parallel.pipeline_parallel=2"
+                  " --set model.num_layers=4 --set train.global_batch_size=8"
+                  " --set run.threads=1 --set run.dir=" +
+                  (dir.path() / "run").string() + " 2>&1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::istringstream in(r.output);
+  std::string line;
+  std::map<std::string, nlohmann::json> by_schedule;
+  while (std::getline(in, line)) {
+    if (line.rfind("{\"bench\": \"pipeline\"", 0) == 0) {
+      auto j = nlohmann::json::parse(line);
+      by_schedule[j["schedule"]] = j;
+    }
+  }
+  for (const char* s : {"1f1b", "interleaved", "dualpipe"}) {
+    ASSERT_TRUE(by_schedule.count(s)) << s << " missing:\n" << r.output;
+    const auto& j = by_schedule[s];
+    EXPECT_GT(j["step_ms"].get<double>(), 0) << r.output;
+    EXPECT_GE(j["idle_over_compute"].get<double>(), 0) << r.output;
+  }
+  // p = 2, m = 4: (p - 1) / m, (p - 1) / (2 m), and 0 for dualpipe on 2 ranks.
+  EXPECT_NEAR(by_schedule["1f1b"]["theoretical_bubble"].get<double>(), 0.25, 1e-4);
+  EXPECT_NEAR(by_schedule["interleaved"]["theoretical_bubble"].get<double>(), 0.125, 1e-4);
+  EXPECT_NEAR(by_schedule["dualpipe"]["theoretical_bubble"].get<double>(), 0.0, 1e-4);
+  EXPECT_NE(r.output.find("rank 1: passes"), std::string::npos) << r.output;
 }
