@@ -45,10 +45,7 @@ model::ModelPart Trainer::setup_pipeline() {
   pipeline::check_program(P.schedule, program);  // cheap; a broken program must never run
   P.program = program[r];
   // Collective over world, in this order on every rank.
-  P.activations = mesh_.pp().split(0, r);
-  P.activations->set_name("pp/activations");
-  P.gradients = mesh_.pp().split(0, r);
-  P.gradients->set_name("pp/gradients");
+  P.channels = pipeline::make_channels(mesh_.pp());
   const bool dualpipe = P.schedule.kind == pipeline::ScheduleKind::kDualPipe;
   const bool copy = !dualpipe && cfg_.model.mtp_depth > 0;  // the last stage embeds too
   const bool holds_copy = copy && (r == 0 || r == p - 1);
@@ -211,8 +208,7 @@ torch::Tensor Trainer::forward_backward_pipeline(int64_t step) {
     return a.stage == 0 ? torch::Tensor() : s.x.grad();
   };
   const int64_t S = cfg_.train.seq_len;
-  P.timing = pipeline::run_program(P.program, passes, *P.activations, *P.gradients,
-                                   {mb, S, cfg_.model.hidden_size},
+  P.timing = pipeline::run_program(P.program, passes, P.channels, {mb, S, cfg_.model.hidden_size},
                                    torch::TensorOptions().dtype(torch::kFloat32).device(device_));
   CONDENSA_CHECK(saved.empty(), Error, "pipeline: ", saved.size(),
                  " forward pass(es) of this step had no backward");
@@ -246,7 +242,7 @@ double Trainer::validation_loss_pipeline() {
     sum += lm_cross_entropy(out.logits_BSV, tokens.narrow(1, 1, S)).item<double>();
     return torch::Tensor();
   };
-  pipeline::run_program(program[mesh_.pp_rank()], passes, *P.activations, *P.gradients,
+  pipeline::run_program(program[mesh_.pp_rank()], passes, P.channels,
                         {mb, cfg_.train.seq_len, cfg_.model.hidden_size},
                         torch::TensorOptions().dtype(torch::kFloat32).device(device_));
   reset_routing_stats(/*log_interval=*/true);

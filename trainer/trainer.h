@@ -49,9 +49,9 @@ struct BenchResult {
 // Pipeline parallelism (parallel.pipeline_parallel > 1): what this rank runs and holds.
 struct PipelineState {
   pipeline::ScheduleOptions schedule;
-  std::vector<pipeline::StageLayers> stages;                       // every stage of the model
-  std::vector<pipeline::ProgramStep> program;                      // this rank's training step
-  std::unique_ptr<parallel::Communicator> activations, gradients;  // over the pipeline ranks
+  std::vector<pipeline::StageLayers> stages;   // every stage of the model
+  std::vector<pipeline::ProgramStep> program;  // this rank's training step
+  pipeline::Channels channels;                 // activations and gradients between pipeline ranks
   std::unique_ptr<parallel::Communicator> embedding;  // first + last stage: embedding gradient
   std::unique_ptr<parallel::Communicator> mirror_dp, mirror_edp;  // dualpipe: both copies
   PipelineGroups groups;

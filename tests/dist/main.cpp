@@ -56,10 +56,7 @@ int run_pipeline_mode(int argc, char** argv, bool dead) {
   namespace pl = condensa::trainer::pipeline;
   MpiRuntime mpi(&argc, &argv);
   auto world = MpiCommunicator::world(env_double("CONDENSA_DIST_HANG_TIMEOUT_S", 3.0));
-  auto activations = world->split(0, world->rank());
-  activations->set_name("pp/activations");
-  auto gradients = world->split(0, world->rank());
-  gradients->set_name("pp/gradients");
+  const auto channels = pl::make_channels(*world);
   pl::ScheduleOptions o;
   o.num_ranks = 2;
   o.num_micro_batches = 2;
@@ -77,7 +74,7 @@ int run_pipeline_mode(int argc, char** argv, bool dead) {
   passes.backward = [&](const pl::Action& a, const torch::Tensor& g) {
     return a.stage == 1 ? torch::ones({2, 3}) : torch::Tensor();
   };
-  pl::run_program(program[world->rank()], passes, *activations, *gradients, {2, 3},
+  pl::run_program(program[world->rank()], passes, channels, {2, 3},
                   torch::TensorOptions().dtype(torch::kFloat32));
   std::fprintf(stderr, "pipeline mode: rank %d finished its program\n", world->rank());
   return 0;

@@ -44,6 +44,20 @@ model::ModelPart model_part(const ScheduleOptions& o,
   return part;
 }
 
+Channels make_channels(parallel::Communicator& pipeline) {
+  Channels c;
+  const char* kinds[2] = {"pp/activations", "pp/gradients"};
+  const char* lanes[kNumLanes] = {"from-even", "from-odd", "wrap"};
+  for (int k = 0; k < 2; ++k) {
+    for (int l = 0; l < kNumLanes; ++l) {
+      c.owned.push_back(pipeline.split(0, pipeline.rank()));
+      c.owned.back()->set_name(str(kinds[k], "/", lanes[l]));
+      c.lane[k][l] = c.owned.back().get();
+    }
+  }
+  return c;
+}
+
 namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -54,8 +68,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 PassTiming run_program(const std::vector<ProgramStep>& steps,
                        const Passes& passes,
-                       parallel::Communicator& activations,
-                       parallel::Communicator& gradients,
+                       const Channels& channels,
                        const std::vector<int64_t>& shape,
                        const torch::TensorOptions& options) {
   PassTiming timing;
@@ -65,7 +78,7 @@ PassTiming run_program(const std::vector<ProgramStep>& steps,
   for (size_t i = 0; i < steps.size(); ++i) {
     const ProgramStep& step = steps[i];
     const Message& m = step.message;
-    auto& channel = m.kind == Action::kForward ? activations : gradients;
+    auto& channel = channels.of(m);
     if (step.kind == ProgramStep::kRecv) {
       const auto t0 = std::chrono::steady_clock::now();
       received = torch::empty(shape, options);
@@ -101,8 +114,7 @@ PassTiming run_program(const std::vector<ProgramStep>& steps,
     }
   }
   const auto t0 = std::chrono::steady_clock::now();
-  activations.wait_sends();
-  gradients.wait_sends();
+  for (const auto& c : channels.owned) c->wait_sends();
   timing.wait_s += seconds_since(t0);
   CONDENSA_CHECK(local.empty(), Error, "pipeline: ", local.size(),
                  " local hand-off(s) were never consumed");

@@ -3,13 +3,15 @@
 //
 // Key design choice: the runtime decides nothing. The order of passes and messages is the
 // program, proven deadlock-free and order-matched by check_program; the runtime receives each
-// pass's input, calls the pass, and posts its output. Activations and gradients travel on two
-// communicators over the pipeline ranks, fp32, shaped [micro_batch, seq_len, hidden].
+// pass's input, calls the pass, and posts its output. Activations and gradients travel on
+// their own communicators over the pipeline ranks (three lanes each, see message_lane), fp32,
+// shaped [micro_batch, seq_len, hidden].
 #pragma once
 
 #include <torch/torch.h>
 
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "model/transformer.h"
@@ -40,6 +42,17 @@ struct Passes {
   std::function<torch::Tensor(const Action&, const torch::Tensor& grad)> backward;
 };
 
+// The communicators messages travel on, by message kind (Action::Kind) and lane
+// (message_lane): six copies of the pipeline-rank communicator, made by make_channels.
+struct Channels {
+  std::vector<std::unique_ptr<parallel::Communicator>> owned;
+  parallel::Communicator* lane[2][kNumLanes] = {};
+  parallel::Communicator& of(const Message& m) const { return *lane[m.kind][message_lane(m)]; }
+};
+// Collective over `pipeline` (and every rank of its parent that splits it): named
+// "pp/activations/from-even" ... "pp/gradients/wrap".
+Channels make_channels(parallel::Communicator& pipeline);
+
 // Where one rank's time went in run_program.
 struct PassTiming {
   double compute_s = 0;  // inside passes
@@ -51,8 +64,7 @@ struct PassTiming {
 // been received.
 PassTiming run_program(const std::vector<ProgramStep>& steps,
                        const Passes& passes,
-                       parallel::Communicator& activations,
-                       parallel::Communicator& gradients,
+                       const Channels& channels,
                        const std::vector<int64_t>& shape,
                        const torch::TensorOptions& options);
 

@@ -419,6 +419,11 @@ std::string render_ascii(const ScheduleOptions& o, const Schedule& schedule) {
   return out.str();
 }
 
+int message_lane(const Message& m) {
+  if (m.from - m.to == 1 || m.to - m.from == 1) return m.from % 2;
+  return 2;
+}
+
 Program build_program(const ScheduleOptions& o, const Schedule& schedule) {
   Program program(schedule.size());
   for (size_t r = 0; r < schedule.size(); ++r) {
@@ -475,6 +480,24 @@ void check_program(const ScheduleOptions& o, const Program& program) {
               " is sent as ", i < msgs.size() ? name(msgs[i]) : "nothing", " but received as ",
               i < got.size() ? name(got[i]) : "nothing"));
         }
+      }
+    }
+  }
+  // One role per rank on each (kind, lane).
+  std::map<std::tuple<int, int, int>, bool> role;  // (rank, kind, lane) -> sends
+  for (int r = 0; r < p; ++r) {
+    for (const auto& step : program[r]) {
+      if (step.kind == ProgramStep::kPass) continue;
+      const bool send = step.kind == ProgramStep::kSend;
+      const auto key =
+          std::make_tuple(r, static_cast<int>(step.message.kind), message_lane(step.message));
+      auto it = role.find(key);
+      if (it == role.end()) {
+        role[key] = send;
+      } else if (it->second != send) {
+        throw std::logic_error(str(schedule_kind_name(o.kind), ": rank ", r,
+                                   " both sends and receives on lane ", message_lane(step.message),
+                                   " (", name(step.message), ")"));
       }
     }
   }

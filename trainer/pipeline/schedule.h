@@ -158,6 +158,14 @@ struct Message {
   }
 };
 
+// The transport lane of a message: messages between neighbouring ranks travel on lane 0 when
+// they leave an even rank and lane 1 when they leave an odd one; the wrap-around between the
+// last and the first rank (interleaved, p >= 3) on lane 2. Each lane of each kind is its own
+// communicator, on which a rank only sends or only receives: so a transport that runs one
+// communicator's operations in order on one stream (NCCL) never queues a receive behind a send.
+constexpr int kNumLanes = 3;
+int message_lane(const Message& m);
+
 struct ProgramStep {
   enum Kind { kRecv, kPass, kSend };
   Kind kind = kPass;
@@ -170,8 +178,9 @@ using Program = std::vector<std::vector<ProgramStep>>;  // [rank] -> steps in or
 Program build_program(const ScheduleOptions& o, const Schedule& schedule);
 
 // Throws std::logic_error unless every ordered pair of ranks posts each kind's messages in the
-// same order on both sides and the program runs to the end (a receive returns once its message has
-// been posted; a send never blocks), naming the messages or the blocked ranks.
+// same order on both sides, each rank only sends or only receives on each (kind, lane), and the
+// program runs to the end (a receive returns once its message has been posted; a send never
+// blocks), naming the messages or the blocked ranks.
 void check_program(const ScheduleOptions& o, const Program& program);
 
 // Forwards only, for validation: every micro-batch through every stage, in (micro-batch, stage)
