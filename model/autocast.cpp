@@ -44,4 +44,18 @@ AutocastScope::~AutocastScope() {
   if (!saved_.any_enabled()) at::autocast::clear_cache();
 }
 
+AutocastState autocast_for(const std::string& dtype, torch::Device device) {
+  auto s = AutocastState::current();
+  if (dtype == "bf16") {
+    if (device.is_cuda()) {
+      s.cuda_enabled = true;
+      s.cuda_dtype = at::kBFloat16;
+    } else {
+      s.cpu_enabled = true;
+      s.cpu_dtype = at::kBFloat16;
+    }
+  }
+  return s;
+}
+
 }  // namespace condensa::model

@@ -9,6 +9,8 @@
 
 #include <c10/core/ScalarType.h>
 
+#include <string>
+
 namespace condensa::model {
 
 struct AutocastState {
@@ -23,6 +25,12 @@ struct AutocastState {
 
 // RAII: sets `state` for the scope, restores the previous state after (and, when that leaves
 // autocast off, frees the cast copies autocast cached for the scope).
+class AutocastScope;
+
+// The autocast state of a training compute dtype (train.dtype): bf16 autocast on `device`'s
+// kind for "bf16", the current state unchanged for "fp32".
+AutocastState autocast_for(const std::string& dtype, torch::Device device);
+
 class AutocastScope {
  public:
   explicit AutocastScope(const AutocastState& state) : saved_(AutocastState::current()) {

@@ -189,6 +189,11 @@ int64_t TransformerImpl::first_expert_of(const torch::Tensor& p) const {
   throw std::invalid_argument("first_expert_of: not an expert parameter of this model");
 }
 
+torch::Tensor token_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
+                                              targets.reshape({-1}));
+}
+
 torch::Tensor expert_load(const TransformerImpl& model) {
   std::vector<torch::Tensor> rows;
   for (auto& l : model.moe_layers()) rows.push_back(l->gate->stats.tokens_per_expert_E);

@@ -113,6 +113,9 @@ struct TransformerImpl : torch::nn::Module {
 };
 TORCH_MODULE(Transformer);
 
+// Mean cross-entropy of logits [B, S, V] against targets [B, S] over every position.
+torch::Tensor token_cross_entropy(const torch::Tensor& logits_BSV, const torch::Tensor& targets_BS);
+
 // Routing statistics and load balancing of a model's MoE layers, so that callers never name
 // router internals. Row l is moe_layers()[l]; tensors stay on the model's device (no host
 // sync), E = cfg.num_routed_experts.

@@ -11,29 +11,6 @@
 
 namespace condensa::trainer {
 
-namespace {
-
-torch::Tensor lm_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
-  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
-                                              targets.reshape({-1}));
-}
-
-model::AutocastState autocast_for(const std::string& dtype, torch::Device device) {
-  auto s = model::AutocastState::current();
-  if (dtype == "bf16") {
-    if (device.is_cuda()) {
-      s.cuda_enabled = true;
-      s.cuda_dtype = at::kBFloat16;
-    } else {
-      s.cpu_enabled = true;
-      s.cpu_dtype = at::kBFloat16;
-    }
-  }
-  return s;
-}
-
-}  // namespace
-
 model::ModelPart Trainer::setup_pipeline() {
   pipe_ = std::make_unique<PipelineState>();
   auto& P = *pipe_;
@@ -120,10 +97,6 @@ torch::Tensor Trainer::forward_backward_pipeline(int64_t step) {
   const int64_t num_micro = rows / mb;
   const int64_t first_row = mesh_.dp_rank() * rows;
   const int64_t depth = cfg_.model.mtp_depth;
-  const double mtp_weight =
-      (cfg_.model.mtp_loss_weight_until_step < 0 || step <= cfg_.model.mtp_loss_weight_until_step)
-          ? cfg_.model.mtp_loss_weight
-          : cfg_.model.mtp_loss_weight_after;
   const bool languages = !data_->language_names().empty();
   auto sums = torch::zeros({3}, torch::TensorOptions().dtype(torch::kFloat64).device(device_));
   model_->train();
@@ -159,19 +132,13 @@ torch::Tensor Trainer::forward_backward_pipeline(int64_t step) {
     Saved s;
     torch::Tensor out;
     {
-      model::AutocastScope autocast(autocast_for(cfg_.train.dtype, device_));
+      model::AutocastScope autocast(model::autocast_for(cfg_.train.dtype, device_));
       s.x = a.stage == 0 ? model_->embed(inputs) : input.requires_grad_(true);
       s.h = model_->run_layers(s.x, st.first_layer, st.num_layers, &s.aux);
       if (a.stage == last) {
         auto o = model_->head_forward(s.h, depth > 0 ? model_->embed(inputs) : torch::Tensor(),
                                       depth > 0);
-        auto ce = lm_cross_entropy(o.logits_BSV, tokens.narrow(1, 1, S));
-        auto mtp = torch::zeros({}, ce.options());
-        for (size_t k = 0; k < o.mtp_logits.size(); ++k) {
-          const int64_t d = static_cast<int64_t>(k) + 1;
-          mtp = mtp + lm_cross_entropy(o.mtp_logits[k], tokens.narrow(1, d + 1, S - d));
-        }
-        if (depth > 0) mtp = mtp * (mtp_weight / depth);
+        auto [ce, mtp] = head_losses(o, tokens, step);
         auto aux = s.aux.defined() ? s.aux + o.aux_loss : o.aux_loss;
         s.loss = (ce + mtp + aux) / num_micro;
         sums.add_(torch::stack({ce.detach(), mtp.detach(), aux.detach()})
@@ -239,7 +206,7 @@ double Trainer::validation_loss_pipeline() {
     auto h = model_->run_layers(x, st.first_layer, st.num_layers, &aux);
     if (a.stage != last) return h;
     auto out = model_->head_forward(h, torch::Tensor(), false);
-    sum += lm_cross_entropy(out.logits_BSV, tokens.narrow(1, 1, S)).item<double>();
+    sum += model::token_cross_entropy(out.logits_BSV, tokens.narrow(1, 1, S)).item<double>();
     return torch::Tensor();
   };
   pipeline::run_program(program[mesh_.pp_rank()], passes, P.channels,

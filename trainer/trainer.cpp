@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <tuple>
 
 #include "common/durable_file.h"
 #include "common/error.h"
@@ -36,27 +37,6 @@ data::SamplerOptions sampler_options(const Config& c) {
   o.global_batch_size = c.train.global_batch_size;
   o.val_fraction = c.data.val_fraction;
   return o;
-}
-
-torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
-  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
-                                              targets.reshape({-1}));
-}
-
-// The autocast state of the compute dtype: bf16 autocast on the model's device for "bf16",
-// nothing for "fp32".
-model::AutocastState compute_autocast(const std::string& dtype, torch::Device device) {
-  auto s = model::AutocastState::current();
-  if (dtype == "bf16") {
-    if (device.is_cuda()) {
-      s.cuda_enabled = true;
-      s.cuda_dtype = at::kBFloat16;
-    } else {
-      s.cpu_enabled = true;
-      s.cpu_dtype = at::kBFloat16;
-    }
-  }
-  return s;
 }
 
 }  // namespace
@@ -125,10 +105,6 @@ torch::Tensor Trainer::forward_backward(int64_t step) {
   const int64_t num_micro = rows / mb;
   const int64_t first_row = mesh_.dp_rank() * rows;
   const int64_t depth = cfg_.model.mtp_depth;
-  const double mtp_weight =
-      (cfg_.model.mtp_loss_weight_until_step < 0 || step <= cfg_.model.mtp_loss_weight_until_step)
-          ? cfg_.model.mtp_loss_weight
-          : cfg_.model.mtp_loss_weight_after;
   // Loss sums stay on the device: read once per step, after the data-parallel reduction.
   auto sums = torch::zeros({3}, torch::TensorOptions().dtype(torch::kFloat64).device(device_));
   model_->train();
@@ -139,21 +115,15 @@ torch::Tensor Trainer::forward_backward(int64_t step) {
     auto tokens = device_.is_cpu() ? batch.tokens
                                    : batch.tokens.pin_memory().to(device_, /*non_blocking=*/true);
     const int64_t S = tokens.size(1) - 1;
-    auto inputs = tokens.narrow(1, 0, S), targets = tokens.narrow(1, 1, S);
+    auto inputs = tokens.narrow(1, 0, S);
     model::ModelOutput out;
     torch::Tensor loss, ce, mtp;
     {
-      model::AutocastScope autocast(compute_autocast(cfg_.train.dtype, device_));
+      model::AutocastScope autocast(model::autocast_for(cfg_.train.dtype, device_));
       model::ForwardOptions fo;
       fo.with_mtp = depth > 0;
       out = model_->forward(inputs, fo);
-      ce = cross_entropy(out.logits_BSV, targets);
-      mtp = torch::zeros({}, ce.options());
-      for (size_t k = 0; k < out.mtp_logits.size(); ++k) {
-        const int64_t d = static_cast<int64_t>(k) + 1;  // module k predicts token i + d + 1
-        mtp = mtp + cross_entropy(out.mtp_logits[k], tokens.narrow(1, d + 1, S - d));
-      }
-      if (depth > 0) mtp = mtp * (mtp_weight / depth);
+      std::tie(ce, mtp) = head_losses(out, tokens, step);
       loss = ce + mtp + out.aux_loss;
     }
     count_routing_by_language(batch.language.narrow(1, 0, S));
@@ -163,6 +133,26 @@ torch::Tensor Trainer::forward_backward(int64_t step) {
                   .div_(static_cast<double>(num_micro)));
   }
   return sums;
+}
+
+std::pair<torch::Tensor, torch::Tensor> Trainer::head_losses(const model::ModelOutput& out,
+                                                             const torch::Tensor& tokens,
+                                                             int64_t step) const {
+  const auto& m = cfg_.model;
+  const int64_t S = tokens.size(1) - 1;
+  auto ce = model::token_cross_entropy(out.logits_BSV, tokens.narrow(1, 1, S));
+  auto mtp = torch::zeros({}, ce.options());
+  for (size_t k = 0; k < out.mtp_logits.size(); ++k) {
+    const int64_t d = static_cast<int64_t>(k) + 1;  // module k predicts token i + d + 1
+    mtp = mtp + model::token_cross_entropy(out.mtp_logits[k], tokens.narrow(1, d + 1, S - d));
+  }
+  if (m.mtp_depth > 0) {
+    const double weight = (m.mtp_loss_weight_until_step < 0 || step <= m.mtp_loss_weight_until_step)
+                              ? m.mtp_loss_weight
+                              : m.mtp_loss_weight_after;
+    mtp = mtp * (weight / m.mtp_depth);
+  }
+  return {ce, mtp};
 }
 
 void Trainer::count_routing_by_language(const torch::Tensor& language_BS) {
@@ -213,7 +203,7 @@ double Trainer::validation_loss() {
       auto tokens = batch.tokens.to(device_);
       const int64_t S = tokens.size(1) - 1;
       auto out = model_->forward(tokens.narrow(1, 0, S));
-      sum += cross_entropy(out.logits_BSV, tokens.narrow(1, 1, S)).item<double>();
+      sum += model::token_cross_entropy(out.logits_BSV, tokens.narrow(1, 1, S)).item<double>();
       ++count;
     }
   }

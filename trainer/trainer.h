@@ -105,6 +105,11 @@ class Trainer {
   // Rows of this rank's MoE layers [L_local, ...] placed among all of the model's MoE layers
   // [L, ...], summed over the pipeline ranks (collective over pp; the input as is when pp 1).
   torch::Tensor global_moe_rows(const torch::Tensor& local);
+  // Cross-entropy of the head and the weighted MTP loss of one micro-batch's output (tokens
+  // [B, S + 1]).
+  std::pair<torch::Tensor, torch::Tensor> head_losses(const model::ModelOutput& out,
+                                                      const torch::Tensor& tokens,
+                                                      int64_t step) const;
   void update_router_bias(int64_t step, std::vector<torch::Tensor>& global_loads);
   // Bins the last forward's routing by the micro-batch's language ids [B, S].
   void count_routing_by_language(const torch::Tensor& language_BS);

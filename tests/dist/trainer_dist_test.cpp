@@ -11,11 +11,16 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/dist/dist_env.h"
+#include "tests/dist/train_run.h"
 #include "trainer/config/config.h"
 #include "trainer/trainer.h"
 
 namespace fs = std::filesystem;
 using namespace condensa;
+using condensa::testing::Curve;
+using condensa::testing::first_ranks;
+using condensa::testing::read_curve;
+using condensa::testing::shared_tmp;
 
 namespace {
 
@@ -23,48 +28,15 @@ constexpr double kLossTol =
     1e-5;  // measured max over 20 steps: 2.4e-7 (world 1 vs 4, ep 4, ZeRO-1)
 constexpr int64_t kSteps = 20;
 
-std::string shared_tmp(const std::string& tag) {
-  auto& world = condensa::testing::mpi_world();
-  auto names = world.all_gather_string(
-      (fs::temp_directory_path() / ("condensa-dist-" + std::to_string(::getpid()) + "-" + tag))
-          .string());
-  return names[0];  // rank 0's name, the same on every rank
-}
-
-using Curve = std::map<int64_t, double>;
-
-Curve read_curve(const std::string& dir) {
-  Curve out;
-  std::ifstream in(fs::path(dir) / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out[j["step"]] = j["loss"];
-  }
-  return out;
-}
-
 // Runs `condensa train configs/tiny.yaml` in-process on the ranks of `comm` (others pass null).
 void train(parallel::Communicator* comm,
            const std::string& dir,
            std::vector<std::string> overrides) {
-  if (comm) {
-    overrides.insert(overrides.end(),
-                     {"run.dir=" + dir, "log.every=1", "train.steps=" + std::to_string(kSteps),
-                      "train.global_batch_size=8", "train.micro_batch_size=2",
-                      "train.eval_batches=1", "checkpoint.every=0", "run.threads=1"});
-    auto cfg =
-        trainer::load_config(std::string(CONDENSA_SOURCE_DIR) + "/configs/tiny.yaml", overrides);
-    cfg.validate_for_world(comm->size());
-    trainer::Trainer t(cfg, *comm);
-    t.run();
-  }
-  condensa::testing::mpi_world().barrier();
-}
-
-std::unique_ptr<parallel::Communicator> first_ranks(int n) {
-  auto& world = condensa::testing::mpi_world();
-  return world.split(world.rank() < n ? 0 : -1, world.rank());
+  overrides.insert(overrides.end(),
+                   {"run.dir=" + dir, "log.every=1", "train.steps=" + std::to_string(kSteps),
+                    "train.global_batch_size=8", "train.micro_batch_size=2", "train.eval_batches=1",
+                    "checkpoint.every=0", "run.threads=1"});
+  condensa::testing::train_tiny(comm, overrides);
 }
 
 void expect_close(const Curve& a, const Curve& b, int64_t from, const std::string& what) {
@@ -77,7 +49,8 @@ void expect_close(const Curve& a, const Curve& b, int64_t from, const std::strin
 class TrainerDist : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = shared_tmp(::testing::UnitTest::GetInstance()->current_test_info()->name());
+    root_ = shared_tmp("condensa-dist-",
+                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
   }
   void TearDown() override {
     condensa::testing::mpi_world().barrier();

@@ -18,13 +18,12 @@ void randomize(torch::nn::Module& m, uint64_t seed) {
   for (auto& p : m.parameters()) p.normal_(0, 0.5);
 }
 
-}  // namespace
-
-TEST(Transformer, GradientMatchesFiniteDifferences) {
+// Dense first layer, MoE after, one MTP module: the smallest model with every kind of block.
+ModelConfig small_config(int64_t num_layers) {
   ModelConfig c;
   c.vocab_size = 11;
   c.hidden_size = 8;
-  c.num_layers = 2;
+  c.num_layers = num_layers;
   c.num_dense_layers = 1;
   c.intermediate_size = 10;
   c.num_heads = 2;
@@ -37,6 +36,13 @@ TEST(Transformer, GradientMatchesFiniteDifferences) {
   c.moe_intermediate_size = 3;
   c.max_seq_len = 8;
   c.mtp_depth = 1;
+  return c;
+}
+
+}  // namespace
+
+TEST(Transformer, GradientMatchesFiniteDifferences) {
+  ModelConfig c = small_config(2);
   Transformer model(c);
   init_parameters(*model, 7);
   randomize(*model, 8);
@@ -79,22 +85,7 @@ TEST(Transformer, GradientMatchesFiniteDifferences) {
 // values, and embed -> run_layers (in two pieces) -> head_forward on two parts computes the
 // whole model's logits, MTP logits and auxiliary loss.
 TEST(Transformer, PartsKeepGlobalNamesAndComposeToTheWholeModel) {
-  ModelConfig c;
-  c.vocab_size = 11;
-  c.hidden_size = 8;
-  c.num_layers = 4;
-  c.num_dense_layers = 1;
-  c.intermediate_size = 10;
-  c.num_heads = 2;
-  c.kv_lora_rank = 4;
-  c.qk_nope_head_dim = 2;
-  c.qk_rope_head_dim = 2;
-  c.v_head_dim = 2;
-  c.num_routed_experts = 4;
-  c.top_k = 2;
-  c.moe_intermediate_size = 3;
-  c.max_seq_len = 8;
-  c.mtp_depth = 1;
+  ModelConfig c = small_config(4);
   c.seq_aux_alpha = 0.01;
   Transformer whole(c);
   init_parameters(*whole, 7);

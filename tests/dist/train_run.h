@@ -1,0 +1,30 @@
+// Helpers of the multi-rank training tests (trainer_dist_test, pipeline_dist_test): a run
+// directory every rank agrees on, `condensa train configs/tiny.yaml` in-process on a subset of
+// ranks, and the per-step values of metrics.jsonl.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel/communicator.h"
+
+namespace condensa::testing {
+
+// A temporary directory named by rank 0 (the same path on every rank). Collective.
+std::string shared_tmp(const std::string& prefix, const std::string& tag);
+
+// Step -> metrics.jsonl's `key` ("loss", "grad_norm", "aux_loss", "val_loss") in `dir`.
+using Curve = std::map<int64_t, double>;
+Curve read_curve(const std::string& dir, const std::string& key = "loss");
+
+// The first n ranks of the world as a communicator (nullptr on the others). Collective.
+std::unique_ptr<parallel::Communicator> first_ranks(int n);
+
+// Trains configs/tiny.yaml with `overrides` on the ranks of `comm` (others pass nullptr), then
+// a barrier over the world.
+void train_tiny(parallel::Communicator* comm, const std::vector<std::string>& overrides);
+
+}  // namespace condensa::testing
