@@ -3,6 +3,7 @@
 #include "common/args.h"
 
 #include <algorithm>
+#include <sstream>
 #include <stdexcept>
 
 #include "common/error.h"
@@ -109,6 +110,31 @@ ParsedArgs parse_args(const std::vector<std::string>& args,
                    flag, " given ", values.size(), " times; it takes one value");
   }
   return out;
+}
+
+bool parse_int_list(const std::string& text, std::vector<int64_t>* out, std::string* bad) {
+  std::string spaced = text;
+  for (char& c : spaced) {
+    if (c == '[' || c == ']' || c == ',') c = ' ';
+  }
+  std::istringstream in(spaced);
+  std::string item;
+  out->clear();
+  while (in >> item) {
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != item.size()) {
+      *bad = item;
+      return false;
+    }
+    out->push_back(v);
+  }
+  return true;
 }
 
 }  // namespace condensa

@@ -42,4 +42,8 @@ ParsedArgs parse_args(const std::vector<std::string>& args,
                       const std::vector<std::string>& bool_flags = {},
                       const std::vector<std::string>& repeatable_flags = {});
 
+// Integers separated by commas and/or spaces, optionally in brackets ("3,4", "[3, 4]"), into
+// *out. False, with the offending item in *bad, when an item is not an integer.
+bool parse_int_list(const std::string& text, std::vector<int64_t>* out, std::string* bad);
+
 }  // namespace condensa

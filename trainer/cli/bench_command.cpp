@@ -45,15 +45,9 @@ const char* kBenchHelp = R"(usage: condensa bench <matmul|alltoall|moe|train|pip
 
 std::vector<int64_t> parse_sizes(const std::string& s) {
   std::vector<int64_t> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    try {
-      out.push_back(std::stoll(item));
-    } catch (const std::exception&) {
-      throw ConfigError(str("--sizes: expected comma-separated integers, got '", s, "'"));
-    }
-  }
+  std::string bad;
+  CONDENSA_CHECK(parse_int_list(s, &out, &bad), ConfigError,
+                 "--sizes: expected comma-separated integers, got '", s, "'");
   return out;
 }
 

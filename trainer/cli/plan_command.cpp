@@ -53,20 +53,11 @@ constexpr double kGiB = 1024.0 * 1024 * 1024;
 
 std::vector<int64_t> parse_list(const std::string& flag, const std::string& s) {
   std::vector<int64_t> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    size_t used = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    CONDENSA_CHECK(used == item.size() && v > 0, ConfigError, flag,
-                   ": expected comma-separated positive integers, got '", s, "'");
-    out.push_back(v);
-  }
+  std::string bad;
+  bool ok = parse_int_list(s, &out, &bad);
+  for (int64_t v : out) ok = ok && v > 0;
+  CONDENSA_CHECK(ok, ConfigError, flag, ": expected comma-separated positive integers, got '", s,
+                 "'");
   return out;
 }
 

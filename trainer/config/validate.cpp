@@ -3,8 +3,8 @@
 // Config::validate_for_world(). Messages name the YAML key(s) and the values, and for a
 // relation both operands: "parallel.expert_parallel (3) must divide ... (4)".
 #include <initializer_list>
-#include <sstream>
 
+#include "common/args.h"
 #include "common/error.h"
 #include "parallel/mesh.h"
 #include "trainer/config/schema.h"
@@ -108,26 +108,15 @@ void ParallelConfig::validate() const {
 
 std::vector<int64_t> ParallelConfig::pipeline_layer_counts() const {
   std::vector<int64_t> out;
-  std::string text = pipeline_layers;
-  for (char& c : text) {
-    if (c == '[' || c == ']' || c == ',') c = ' ';
+  std::string bad;
+  const bool ok = parse_int_list(pipeline_layers, &out, &bad);
+  for (int64_t v : out) {
+    if (ok && (v < 1 || v > kMaxLayers)) bad = std::to_string(v);
   }
-  std::istringstream in(text);
-  std::string item;
-  while (in >> item) {
-    size_t used = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != item.size() || v < 1 || v > kMaxLayers) {
-      throw ConfigError(str("parallel.pipeline_layers ('", pipeline_layers, "'): '", item,
-                            "' is not a layer count in [1, ", kMaxLayers,
-                            "]; write one count per stage, e.g. \"3,4,4,2\""));
-    }
-    out.push_back(v);
+  if (!bad.empty()) {
+    throw ConfigError(str("parallel.pipeline_layers ('", pipeline_layers, "'): '", bad,
+                          "' is not a layer count in [1, ", kMaxLayers,
+                          "]; write one count per stage, e.g. \"3,4,4,2\""));
   }
   return out;
 }

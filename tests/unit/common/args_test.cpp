@@ -171,3 +171,18 @@ TEST(Args, RandomCommandLinesRoundTrip) {
 
 }  // namespace
 }  // namespace condensa
+
+TEST(Args, IntListsTakeCommasSpacesAndBrackets) {
+  std::vector<int64_t> v;
+  std::string bad;
+  EXPECT_TRUE(condensa::parse_int_list("3,4, 4 ,2", &v, &bad));
+  EXPECT_EQ(v, (std::vector<int64_t>{3, 4, 4, 2}));
+  EXPECT_TRUE(condensa::parse_int_list("[16, -2]", &v, &bad));
+  EXPECT_EQ(v, (std::vector<int64_t>{16, -2}));
+  EXPECT_TRUE(condensa::parse_int_list("", &v, &bad));
+  EXPECT_TRUE(v.empty());
+  EXPECT_FALSE(condensa::parse_int_list("3,4x,5", &v, &bad));
+  EXPECT_EQ(bad, "4x");
+  EXPECT_FALSE(condensa::parse_int_list("1.5", &v, &bad));
+  EXPECT_EQ(bad, "1.5");
+}
