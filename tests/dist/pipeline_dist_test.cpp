@@ -124,14 +124,9 @@ TEST_F(PipelineDist, ResumeOnTheSameLayoutIsBitwise) {
   auto& world = condensa::testing::mpi_world();
   std::vector<std::string> layout{"parallel.pipeline_parallel=2", "parallel.zero_stage=1"};
   if (world.size() == 4) layout.push_back("parallel.expert_parallel=2");
-  train(&world, dir("straight"), layout);
-  auto stop = layout;
-  stop.push_back("train.stop_at_step=9");
-  train(&world, dir("resumed"), stop);
-  train(&world, dir("resumed"), layout);
-  auto a = read_curve(dir("straight")), b = read_curve(dir("resumed"));
-  ASSERT_EQ(b.size(), static_cast<size_t>(kSteps));
-  for (int64_t s = 1; s <= kSteps; ++s) EXPECT_EQ(a[s], b[s]) << "step " << s;
+  condensa::testing::expect_resume_is_bitwise(
+      [&](const std::string& d, const std::vector<std::string>& keys) { train(&world, d, keys); },
+      root_, layout, kSteps);
 }
 
 TEST_F(PipelineDist, CheckpointsMoveBetweenPipelineLayouts) {

@@ -1,5 +1,6 @@
 #include "tests/dist/train_run.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -45,6 +46,21 @@ void train_tiny(parallel::Communicator* comm, const std::vector<std::string>& ov
     t.run();
   }
   mpi_world().barrier();
+}
+
+void expect_resume_is_bitwise(const TrainFn& train,
+                              const std::string& root,
+                              const std::vector<std::string>& layout,
+                              int64_t steps) {
+  const std::string straight = root + "/straight", resumed = root + "/resumed";
+  train(straight, layout);
+  auto stop = layout;
+  stop.push_back("train.stop_at_step=9");
+  train(resumed, stop);
+  train(resumed, layout);
+  auto a = read_curve(straight), b = read_curve(resumed);
+  ASSERT_EQ(b.size(), static_cast<size_t>(steps));
+  for (int64_t s = 1; s <= steps; ++s) EXPECT_EQ(a[s], b[s]) << "step " << s;
 }
 
 }  // namespace condensa::testing

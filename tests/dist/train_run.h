@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -26,5 +27,13 @@ std::unique_ptr<parallel::Communicator> first_ranks(int n);
 // Trains configs/tiny.yaml with `overrides` on the ranks of `comm` (others pass nullptr), then
 // a barrier over the world.
 void train_tiny(parallel::Communicator* comm, const std::vector<std::string>& overrides);
+
+// `train(dir, overrides)` runs `layout` to the end in root/straight, then in root/resumed
+// stopped after step 9 and resumed: the two loss curves of `steps` steps must be bitwise equal.
+using TrainFn = std::function<void(const std::string& dir, const std::vector<std::string>&)>;
+void expect_resume_is_bitwise(const TrainFn& train,
+                              const std::string& root,
+                              const std::vector<std::string>& layout,
+                              int64_t steps);
 
 }  // namespace condensa::testing

@@ -88,14 +88,9 @@ TEST_F(TrainerDist, ResumeOnTheSameLayoutIsBitwise) {
   auto& world = condensa::testing::mpi_world();
   const std::vector<std::string> layout{"parallel.expert_parallel=" + std::to_string(world.size()),
                                         "parallel.zero_stage=1"};
-  train(&world, dir("straight"), layout);
-  auto stop = layout;
-  stop.push_back("train.stop_at_step=9");
-  train(&world, dir("resumed"), stop);
-  train(&world, dir("resumed"), layout);
-  auto a = read_curve(dir("straight")), b = read_curve(dir("resumed"));
-  ASSERT_EQ(b.size(), static_cast<size_t>(kSteps));
-  for (int64_t s = 1; s <= kSteps; ++s) EXPECT_EQ(a[s], b[s]) << "step " << s;
+  condensa::testing::expect_resume_is_bitwise(
+      [&](const std::string& d, const std::vector<std::string>& keys) { train(&world, d, keys); },
+      root_, layout, kSteps);
 }
 
 TEST_F(TrainerDist, CheckpointFromTwoRanksResumesOnOtherLayouts) {
