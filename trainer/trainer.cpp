@@ -1,5 +1,7 @@
 #include "trainer/trainer.h"
 
+#include <ATen/record_function.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -110,6 +112,7 @@ torch::Tensor Trainer::forward_backward(int64_t step) {
   model_->train();
   optim_->zero_grad();
   for (int64_t micro = 0; micro < num_micro; ++micro) {
+    RECORD_USER_SCOPE("condensa::micro_batch");
     auto batch = data_->batch(data::Split::kTrain, step, first_row + micro * mb, mb);
     // To a GPU: from pinned host memory, without waiting for the copy.
     auto tokens = device_.is_cpu() ? batch.tokens
@@ -395,14 +398,26 @@ void Trainer::log_step(int64_t step,
 }
 
 Trainer::StepResult Trainer::train_step(int64_t step, std::vector<torch::Tensor>& loads) {
+  // The phases are named ranges in a `bench train --profile` trace.
   StepResult r;
-  auto sums = forward_backward(step);
-  sync_embedding_gradient();
-  optim_->reduce_gradients();
-  r.grad_norm = optim_->clip_grad_norm(cfg_.train.grad_clip);
+  torch::Tensor sums;
+  {
+    RECORD_USER_SCOPE("condensa::forward_backward");
+    sums = forward_backward(step);
+  }
+  {
+    RECORD_USER_SCOPE("condensa::gradient_sync");
+    sync_embedding_gradient();
+    optim_->reduce_gradients();
+    r.grad_norm = optim_->clip_grad_norm(cfg_.train.grad_clip);
+  }
   r.lr = lr_at(cfg_.optim, cfg_.train.steps, step);
-  r.applied = reduce_step_stats(sums, r.grad_norm, &r.stats);
+  {
+    RECORD_USER_SCOPE("condensa::step_stats");
+    r.applied = reduce_step_stats(sums, r.grad_norm, &r.stats);
+  }
   if (r.applied) {
+    RECORD_USER_SCOPE("condensa::optimizer");
     consecutive_skips_ = 0;
     optim_->step(r.lr);
     update_router_bias(step, loads);

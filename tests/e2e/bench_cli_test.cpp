@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "tests/support/test_util.h"
@@ -64,13 +65,19 @@ TEST(BenchCli, TrainRejectsBadStepsAndWritesProfile) {
   std::ifstream in(trace);
   auto t = nlohmann::json::parse(in);
   bool saw_mm = false, saw_adamw = false;
+  std::set<std::string> phases;
   for (const auto& e : t["traceEvents"]) {
     const auto name = e.value("name", std::string());
     saw_mm |= name == "aten::mm";
     saw_adamw |= name == "aten::_fused_adamw_";
+    if (name.rfind("condensa::", 0) == 0) phases.insert(name);
   }
   EXPECT_TRUE(saw_mm);
   EXPECT_TRUE(saw_adamw);
+  // The trainer's phases are named ranges in the trace.
+  EXPECT_EQ(phases, (std::set<std::string>{"condensa::forward_backward", "condensa::micro_batch",
+                                           "condensa::gradient_sync", "condensa::step_stats",
+                                           "condensa::optimizer"}));
 }
 
 // `bench pipeline` under mpirun: every schedule trains, and for each the per-rank pass and wait
