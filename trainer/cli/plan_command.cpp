@@ -21,6 +21,7 @@ const char* kPlanHelp =
     R"(usage: condensa plan CONFIG.yaml [--set key=value ...] [--world N] [--json]
                     [--hardware h800|h100|h200|cpu|FILE.yaml] [--schedule 1f1b|interleaved|dualpipe]
                     [--virtual-stages V] [--compare [--pp LIST] [--ep LIST]] [--measure-ranks N]
+                    [--expert-load RUN_DIR | --load-imbalance X]
 
 Prints total and activated parameters computed from the config (without allocating), model
 FLOPs per token, and for a world of N ranks (default: pipeline_parallel x expert_parallel) on
@@ -32,6 +33,10 @@ bytes per step, time per step, tokens/s per rank, MFU and GPU-hours per trillion
                      ranks, or give --measure-ranks N for the ranks that will share the cores
   --schedule         pipeline schedule (default parallel.pipeline_schedule); dualpipe
                      overlaps the all-to-all
+  --expert-load      prices uneven routing from a run's logged tokens per expert
+                     (RUN_DIR/metrics.jsonl): the busiest expert-parallel rank computes and
+                     receives more rows while the others wait (default: uniform routing)
+  --load-imbalance   the same as one number: busiest rank's expert rows over the mean (>= 1)
   --compare          a table of layouts (--pp and --ep: comma-separated values; default the
                      config's value, half and double) sorted by cost, non-fitting ones marked
 The model, its assumptions and sources: docs/plan.md. Counting rules: docs/model.md.
@@ -114,9 +119,10 @@ void print_plan(const Config& cfg, const plan::Plan& p, const plan::HardwareProf
   const auto& t = p.time;
   std::printf(
       "time per step: %.2f ms per micro-batch (forward %.2f + backward %.2f compute, "
-      "all-to-all %.2f, pipeline %.2f ms; %s) x %ld micro-batches + bubble %.3f s + "
-      "data parallel %.3f s + optimizer %.3f s = %.3f s\n",
-      1e3 * t.micro_batch, 1e3 * t.forward, 1e3 * t.backward, 1e3 * t.a2a, 1e3 * t.pipeline_p2p,
+      "uneven routing %.2f, all-to-all %.2f, pipeline %.2f ms; %s) x %ld micro-batches + "
+      "bubble %.3f s + data parallel %.3f s + optimizer %.3f s = %.3f s\n",
+      1e3 * t.micro_batch, 1e3 * t.forward, 1e3 * t.backward, 1e3 * t.imbalance, 1e3 * t.a2a,
+      1e3 * t.pipeline_p2p,
       p.schedule == plan::Schedule::kDualPipe && p.ep > 1 ? "overlapped" : "serial",
       static_cast<long>(p.micro_batches), t.bubble, t.dp_comm, t.optimizer, t.step);
   std::printf(
@@ -145,7 +151,7 @@ void print_comparison(const plan::LayoutComparison& cmp, int64_t world) {
 int plan_command(const Args& args) {
   auto a = parse_args(args,
                       {"--world", "--hardware", "--schedule", "--virtual-stages", "--pp", "--ep",
-                       "--measure-ranks"},
+                       "--measure-ranks", "--expert-load", "--load-imbalance"},
                       {"--json", "--compare"}, {"--set"});
   if (a.help) return std::fputs(kPlanHelp, stdout), 0;
   CONDENSA_CHECK(a.positional.size() == 1, ConfigError,
@@ -168,6 +174,17 @@ int plan_command(const Args& args) {
   options.schedule = plan::parse_schedule(a.get("--schedule", cfg.parallel.pipeline_schedule));
   if (cfg.parallel.virtual_stages > 1) options.virtual_stages = cfg.parallel.virtual_stages;
   options.virtual_stages = a.get_int("--virtual-stages", options.virtual_stages);
+  CONDENSA_CHECK(!(a.has("--expert-load") && a.has("--load-imbalance")), ConfigError,
+                 "give --expert-load or --load-imbalance, not both");
+  if (a.has("--load-imbalance")) {
+    options.load_imbalance = a.get_double("--load-imbalance", 1);
+    CONDENSA_CHECK(options.load_imbalance >= 1, ConfigError,
+                   "--load-imbalance: expected the busiest rank's rows over the mean, >= 1, got ",
+                   a.get("--load-imbalance"));
+  }
+  if (a.has("--expert-load")) {
+    options.expert_loads = plan::read_expert_loads(a.get("--expert-load"), m.num_routed_experts);
+  }
   plan::HardwareProfile hw;
   if (cpu) {
     plan::CpuMeasureOptions mo;
@@ -226,6 +243,7 @@ int plan_command(const Args& args) {
                         {"bytes_per_rank", p.memory.total()},
                         {"fits", p.fits},
                         {"step_s", p.time.step},
+                        {"load_imbalance", p.load_imbalance},
                         {"tokens_per_s_per_rank", p.tokens_per_s_per_rank},
                         {"mfu", p.mfu},
                         {"gpu_hours_per_trillion", p.gpu_hours_per_trillion},
@@ -235,7 +253,11 @@ int plan_command(const Args& args) {
                           {"gemm_efficiency", hw.gemm_efficiency},
                           {"attention_efficiency", hw.attention_efficiency},
                           {"memory_bandwidth", hw.memory_bandwidth},
-                          {"intra_node_bandwidth", hw.intra_node_bandwidth}}}};
+                          {"intra_node_bandwidth", hw.intra_node_bandwidth},
+                          {"dense_layer_s_per_token", hw.dense_layer_s_per_token},
+                          {"moe_layer_s_per_token", hw.moe_layer_s_per_token},
+                          {"head_s_per_token", hw.head_s_per_token},
+                          {"expert_s_per_row", hw.expert_s_per_row}}}};
     std::printf("%s\n", j.dump().c_str());
   }
   return 0;

@@ -38,6 +38,10 @@ struct HardwareProfile {
   // and a MoE decoder block and the LM head with its loss. 0 = not measured: the plan then
   // times units from their FLOPs and bytes at the rates above.
   double dense_layer_s_per_token = 0, moe_layer_s_per_token = 0, head_s_per_token = 0;
+  // Forward + backward seconds per routed-expert row of this rank's experts alone (the `cpu`
+  // profile): what the busiest rank does more of under uneven routing. 0 = not measured: the
+  // plan prices those rows at the matmul rate.
+  double expert_s_per_row = 0;
   std::vector<std::string> notes;  // where each number comes from (printed by plan)
 };
 

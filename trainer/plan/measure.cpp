@@ -14,8 +14,10 @@
 #include "model/accounting.h"
 #include "model/autocast.h"
 #include "model/moe/dispatcher.h"
+#include "model/moe/experts.h"
 #include "model/transformer.h"
 #include "parallel/communicator.h"
+#include "parallel/expert_parallel.h"
 #include "trainer/config/schema.h"
 #include "trainer/plan/hardware.h"
 
@@ -208,22 +210,46 @@ HardwareProfile measure_cpu_profile(const Config& config,
     model::DispatcherFactory local = [E = m.num_routed_experts](int64_t) {
       return std::make_shared<model::LocalDispatcher>(E);
     };
-    auto block_s = [&](int64_t layer) {
-      model::Block block(m, layer, local);
+    // When these ranks are the planned expert-parallel group, the MoE block runs the trainer's
+    // all-to-all dispatcher over them: the count exchange, the permutations and the waits at
+    // each all-to-all are then in its time (every rank times the same number of calls).
+    const bool ep_here = ep > 1 && comm.size() == ep;
+    model::DispatcherFactory all_to_all = [&comm, E = m.num_routed_experts](int64_t) {
+      return std::make_shared<parallel::AllToAllDispatcher>(comm, E);
+    };
+    auto block_s = [&](int64_t layer, bool collective) {
+      model::Block block(m, layer, collective ? all_to_all : local);
       auto x = torch::randn({B, S, D}).requires_grad_();
       auto g = torch::randn({B, S, D});
+      auto fb = [&] {
+        torch::Tensor aux;
+        auto y = block->forward(x, rope, nullptr, 0, &aux);
+        y.backward(g);
+      };
       comm.barrier();
-      return median_time_per_call(
-          [&] {
-            torch::Tensor aux;
-            auto y = block->forward(x, rope, nullptr, 0, &aux);
-            y.backward(g);
-          },
-          4 * secs);
+      if (!collective) return median_time_per_call(fb, 30 * secs);
+      std::vector<double> t;
+      for (int i = 0; i < 5; ++i) t.push_back(collective_seconds_per_call(comm, fb, 6 * secs));
+      std::sort(t.begin(), t.end());
+      return t[2];
     };
-    if (m.num_dense_layers > 0) h.dense_layer_s_per_token = block_s(0) / T;
+    if (m.num_dense_layers > 0) h.dense_layer_s_per_token = block_s(0, false) / T;
     if (m.num_layers > m.num_dense_layers) {
-      h.moe_layer_s_per_token = block_s(m.num_dense_layers) / T;
+      h.moe_layer_s_per_token = block_s(m.num_dense_layers, ep_here) / T;
+    }
+    // This rank's experts alone over its mean rows (T x top_k, spread evenly): the work that
+    // grows on the busiest rank when the routing is uneven.
+    if (m.num_layers > m.num_dense_layers) {
+      const int64_t local = std::max<int64_t>(1, E / ep), rows = T * m.top_k;
+      model::GroupedExperts experts(local, 0, D, I);
+      std::vector<int64_t> per_expert(local, rows / local);
+      per_expert.back() += rows - rows / local * local;
+      auto xe = torch::randn({rows, D}).requires_grad_();
+      auto ge = torch::randn({rows, D});
+      comm.barrier();
+      h.expert_s_per_row =
+          median_time_per_call([&] { experts->forward(xe, per_expert).backward(ge); }, 10 * secs) /
+          static_cast<double>(rows);
     }
     torch::nn::Linear head(torch::nn::LinearOptions(D, m.vocab_size).bias(false));
     auto x = torch::randn({T, D}).requires_grad_();
@@ -234,11 +260,14 @@ HardwareProfile measure_cpu_profile(const Config& config,
                                auto logits = head->forward(x).to(torch::kFloat32);
                                torch::nll_loss(torch::log_softmax(logits, -1), target).backward();
                              },
-                             2 * secs) /
+                             10 * secs) /
                          T;
-    h.notes.push_back(
+    h.notes.push_back(str(
         "decoder blocks and the LM head timed whole (forward + backward) at the "
-        "micro-batch shape; the rates above time the rest");
+        "micro-batch shape",
+        ep_here ? str(", the MoE block with the all-to-all dispatcher over ", comm.size(), " ranks")
+                : std::string(),
+        "; the rates above time the rest"));
   }
 
   // Memory-bound kernels: an elementwise add at the size of one activation tensor, as the

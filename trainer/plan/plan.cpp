@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "model/accounting.h"
@@ -21,6 +24,67 @@ Schedule parse_schedule(const std::string& name) {
 }
 
 const char* schedule_name(Schedule s) { return pipeline::schedule_kind_name(s); }
+
+double ExpertLoads::imbalance(int64_t ep) const {
+  if (ep <= 1 || steps.empty()) return 1;
+  std::vector<double> per_step;
+  for (const auto& layers : steps) {
+    double sum = 0;
+    for (const auto& experts : layers) {
+      const auto E = static_cast<int64_t>(experts.size());
+      double busiest = 0, total = 0;
+      for (int64_t r = 0; r < ep; ++r) {
+        double rows = 0;
+        for (int64_t e = r * E / ep; e < (r + 1) * E / ep; ++e) rows += experts[e];
+        busiest = std::max(busiest, rows), total += rows;
+      }
+      sum += total > 0 ? busiest / (total / static_cast<double>(ep)) : 1.0;
+    }
+    per_step.push_back(sum / static_cast<double>(layers.size()));
+  }
+  std::sort(per_step.begin(), per_step.end());
+  const size_t n = per_step.size();
+  return n % 2 ? per_step[n / 2] : (per_step[n / 2 - 1] + per_step[n / 2]) / 2;
+}
+
+ExpertLoads read_expert_loads(const std::string& path, int64_t num_experts) {
+  namespace fs = std::filesystem;
+  ExpertLoads out;
+  out.source = fs::is_directory(path) ? (fs::path(path) / "metrics.jsonl").string() : path;
+  std::ifstream in(out.source);
+  CONDENSA_CHECK(in.good(), ConfigError, "--expert-load: cannot read ", out.source);
+  std::string line;
+  int64_t line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.find("\"tokens_per_expert\"") == std::string::npos) continue;
+    nlohmann::json rec;
+    try {
+      rec = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      throw ConfigError(str("--expert-load: ", out.source, " line ", line_no, ": ", e.what()));
+    }
+    if (!rec.contains("moe") || !rec.at("moe").is_array()) continue;
+    std::vector<std::vector<double>> layers;
+    for (const auto& layer : rec.at("moe")) {
+      if (!layer.contains("tokens_per_expert")) continue;
+      auto counts = layer.at("tokens_per_expert").get<std::vector<double>>();
+      CONDENSA_CHECK(static_cast<int64_t>(counts.size()) == num_experts, ConfigError,
+                     "--expert-load: ", out.source, " line ", line_no, " counts ", counts.size(),
+                     " experts per layer, but model.num_routed_experts is ", num_experts);
+      layers.push_back(std::move(counts));
+    }
+    if (!layers.empty()) out.steps.push_back(std::move(layers));
+  }
+  CONDENSA_CHECK(!out.steps.empty(), ConfigError, "--expert-load: ", out.source,
+                 " has no per-expert token counts (\"moe\" records; the run needs MoE layers "
+                 "and log.every steps)");
+  return out;
+}
+
+double PlanOptions::imbalance(int64_t ep) const {
+  return load_imbalance > 0 ? load_imbalance : expert_loads.imbalance(ep);
+}
 
 namespace {
 
@@ -267,6 +331,7 @@ Plan make_plan(const Config& c, int64_t world, const HardwareProfile& hw, const 
     p.bubble_fraction = pipeline::theoretical_bubble(so);
   }
   p.flops_per_token = model::training_flops_per_token(m, c.train.seq_len);
+  p.load_imbalance = o.imbalance(p.ep);
   const int64_t pp = p.pp, edp = p.dp / p.ep, mb = p.micro_batches;
   const double tokens = static_cast<double>(c.train.micro_batch_size * c.train.seq_len);
   const double a = c.train.dtype == "bf16" ? 2.0 : 4.0;
@@ -295,8 +360,16 @@ Plan make_plan(const Config& c, int64_t world, const HardwareProfile& hw, const 
   const double chunks = o.schedule == Schedule::kInterleaved ? o.virtual_stages : 1;
   const double p2p_bytes = pp > 1 ? 2 * chunks * tokens * m.hidden_size * a : 0.0;
 
+  // Uneven routing: the busiest rank computes (load_imbalance - 1) x the mean routed-expert
+  // rows more per MoE layer, forward and backward (at the profile's measured time per expert
+  // row, else at the matmul rate), while the others wait for it.
+  const double expert_flops = 2.0 * m.top_k * 3.0 * m.hidden_size * m.moe_intermediate_size;
+  const double expert_s =
+      hw.expert_s_per_row > 0 ? m.top_k * hw.expert_s_per_row : 3 * expert_flops / r.gemm;
+  const double extra_expert_s = (p.load_imbalance - 1) * expert_s;
   struct Stage {
     double fwd = 0, bwd = 0, a2a = 0, moe_layers = 0, saved = 0, dense = 0, expert = 0;
+    double wait = 0;  // the busiest rank's extra expert compute (uneven routing)
   };
   std::vector<Stage> st(pp);
   for (int64_t s = 0; s < pp; ++s) {
@@ -305,11 +378,12 @@ Plan make_plan(const Config& c, int64_t world, const HardwareProfile& hw, const 
       st[s].fwd += tokens * forward_s(u, r);
       st[s].bwd += tokens * backward_s(u, r);
       st[s].moe_layers += u.moe ? 1 : 0;
+      st[s].wait += u.moe ? tokens * extra_expert_s : 0;
       st[s].saved += tokens * u.saved_bytes;
       st[s].dense += u.dense_params;
       st[s].expert += u.expert_params;
     }
-    st[s].a2a = st[s].moe_layers * a2a_layer_s;
+    st[s].a2a = st[s].moe_layers * a2a_layer_s * p.load_imbalance;
   }
   // DualPipe: rank s runs stage s for half the micro-batches and stage pp-1-s for the other
   // half, holding both stages' parameters.
@@ -319,7 +393,7 @@ Plan make_plan(const Config& c, int64_t world, const HardwareProfile& hw, const 
     return Stage{(x.fwd + y.fwd) / 2,     (x.bwd + y.bwd) / 2,
                  (x.a2a + y.a2a) / 2,     (x.moe_layers + y.moe_layers) / 2,
                  (x.saved + y.saved) / 2, x.dense + y.dense,
-                 x.expert + y.expert};
+                 x.expert + y.expert,     (x.wait + y.wait) / 2};
   };
 
   // Time: the slowest rank paces the pipeline.
@@ -327,15 +401,15 @@ Plan make_plan(const Config& c, int64_t world, const HardwareProfile& hw, const 
   for (int64_t s = 0; s < pp; ++s) {
     const Stage d = device(s);
     TimeBreakdown t;
-    t.forward = d.fwd, t.backward = d.bwd, t.a2a = d.a2a;
+    t.forward = d.fwd, t.backward = d.bwd, t.a2a = d.a2a, t.imbalance = d.wait;
     t.pipeline_p2p = p2p_bytes / p2p_link;
     if (dualpipe) {
-      const double fb = std::max(d.fwd + d.bwd, d.a2a + t.pipeline_p2p);
+      const double fb = std::max(d.fwd + d.bwd + d.wait, d.a2a + t.pipeline_p2p);
       t.micro_batch = fb;
       // (PP/2 - 1)(F&B + B - 3W) with W, the weight-gradient half of backward, = B / 2.
       t.bubble = (pp / 2 - 1) * (fb + d.bwd - 1.5 * d.bwd);
     } else {
-      t.micro_batch = d.fwd + d.bwd + d.a2a + t.pipeline_p2p;
+      t.micro_batch = d.fwd + d.bwd + d.wait + d.a2a + t.pipeline_p2p;
       t.bubble = (pp - 1) * t.micro_batch / chunks;
     }
     // Data parallel: ZeRO-1 reduce-scatters fp32 gradients and all-gathers fp32 parameters;
@@ -402,6 +476,14 @@ Plan make_plan(const Config& c, int64_t world, const HardwareProfile& hw, const 
       str("all-to-all: one copy per token and destination node over ",
           g3(hw.inter_node_bandwidth / 1e9), " GB/s, fanned out in the node over ",
           g3(hw.intra_node_bandwidth / 1e9), " GB/s; experts uniform over the allowed nodes"),
+      o.load_imbalance > 0 ? str("routing: the busiest expert-parallel rank holds ",
+                                 g3(p.load_imbalance), " x the mean expert rows (--load-imbalance)")
+      : o.expert_loads.steps.empty()
+          ? std::string("routing: uniform over the experts (--expert-load RUN_DIR prices a "
+                        "run's uneven routing)")
+          : str("routing: the busiest expert-parallel rank holds ", g3(p.load_imbalance),
+                " x the mean expert rows (median of ", o.expert_loads.steps.size(),
+                " logged steps of ", o.expert_loads.source, ")"),
       overlap ? str("dualpipe overlaps all-to-all and pipeline sends with compute, which loses ",
                     g3(hw.comm_compute_share * 100), "% of the compute units to communication")
               : std::string("no overlap of communication with compute (condensa's step today)"),

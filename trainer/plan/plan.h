@@ -24,9 +24,30 @@ using Schedule = pipeline::ScheduleKind;
 Schedule parse_schedule(const std::string& name);  // 1f1b | interleaved | dualpipe
 const char* schedule_name(Schedule s);
 
+// Tokens per routed expert per MoE layer as a run logged them (metrics.jsonl, "moe"), to price
+// uneven routing: the rank holding the busiest experts computes and receives more rows, and
+// the other ranks wait for it in the all-to-all.
+struct ExpertLoads {
+  std::string source;                                   // the file read
+  std::vector<std::vector<std::vector<double>>> steps;  // [logged step][MoE layer][expert]
+  // The busiest of `ep` ranks' expert rows over the mean, with the experts split contiguously
+  // over the ranks as the trainer splits them: per layer, averaged over the layers; the median
+  // over the logged steps. 1 without steps or with ep 1.
+  double imbalance(int64_t ep) const;
+};
+
+// Reads RUN_DIR/metrics.jsonl (or the metrics file itself). Throws ConfigError naming the file
+// when it cannot be read, holds no per-expert counts, or counts other than num_experts experts.
+ExpertLoads read_expert_loads(const std::string& path, int64_t num_experts);
+
 struct PlanOptions {
   Schedule schedule = Schedule::k1F1B;
   int64_t virtual_stages = 2;  // model chunks per rank for the interleaved schedule
+  // Busiest expert-parallel rank's expert rows over the mean (>= 1). 0: from expert_loads when
+  // it has steps, else 1 (uniform routing, what auxiliary-loss-free balancing converges to).
+  double load_imbalance = 0;
+  ExpertLoads expert_loads;
+  double imbalance(int64_t ep) const;
 };
 
 // Per-token cost of one unit of the model (a decoder layer, the LM head, the MTP module).
@@ -68,6 +89,7 @@ struct CommBreakdown {                  // bytes per rank per step
 struct TimeBreakdown {               // seconds per step on the slowest stage
   double forward = 0, backward = 0;  // compute per micro-batch
   double a2a = 0, pipeline_p2p = 0;  // communication per micro-batch
+  double imbalance = 0;              // busiest rank's extra expert compute per micro-batch
   double micro_batch = 0;            // one micro-batch after overlap
   double bubble = 0, dp_comm = 0, optimizer = 0;
   double step = 0;
@@ -81,6 +103,7 @@ struct Plan {
   double flops_per_token = 0;             // model FLOPs (model::training_flops_per_token)
   MemoryBreakdown memory;
   std::vector<double> stage_memory;  // bytes per rank of each pipeline stage
+  double load_imbalance = 1;         // busiest expert-parallel rank's rows over the mean
   double bubble_fraction = 0;        // idle over compute of the schedule (t_b = 2 t_f, no comm)
   CommBreakdown comm;
   TimeBreakdown time;

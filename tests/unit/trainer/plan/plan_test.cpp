@@ -206,6 +206,60 @@ TEST(Plan, AllToAllBytesFollowTheRouting) {
   EXPECT_DOUBLE_EQ(p.comm.a2a_per_layer_intra + p.comm.a2a_per_layer_inter, 0);
 }
 
+// Uneven routing: the busiest expert-parallel rank's rows over the mean, from a run's logged
+// counts (experts split contiguously, averaged over layers, median over steps), prices extra
+// expert compute at the matmul rate and a longer all-to-all on that rank.
+TEST(Plan, UnevenRoutingSlowsTheBusiestRank) {
+  TempDir dir;
+  {
+    std::ofstream f(dir.path() / "metrics.jsonl");
+    // 4 experts, 2 layers. ep 2: ranks hold {0,1} and {2,3}.
+    // step 1: layer loads (30+10 | 0+0) -> 2.0, (10+10 | 10+10) -> 1.0: mean 1.5
+    // step 2: (10+10 | 20+20) -> 40/30, (5+5 | 5+25) -> 30/20: mean 1.41667
+    // step 3: (1+1 | 1+1) -> 1.0 twice: mean 1.0   => median 1.41667
+    f << R"({"step":1,"moe":[{"tokens_per_expert":[30,10,0,0]},{"tokens_per_expert":[10,10,10,10]}]})"
+      << "\n"
+      << R"({"step":2,"moe":[{"tokens_per_expert":[10,10,20,20]},{"tokens_per_expert":[5,5,5,25]}]})"
+      << "\n"
+      << R"({"step":3,"loss":1})"
+      << "\n"
+      << R"({"step":3,"moe":[{"tokens_per_expert":[1,1,1,1]},{"tokens_per_expert":[1,1,1,1]}]})"
+      << "\n";
+  }
+  const ExpertLoads loads = read_expert_loads(dir.str(), 4);
+  ASSERT_EQ(loads.steps.size(), 3u);
+  EXPECT_NEAR(loads.imbalance(2), (40.0 / 30 + 30.0 / 20) / 2, 1e-12);
+  EXPECT_DOUBLE_EQ(loads.imbalance(1), 1.0);
+  // ep 4: step 1 (30/10 = 3, 10/10 = 1) -> 2; step 2 (20/15, 25/10) -> 1.9167; step 3 -> 1.
+  EXPECT_NEAR(loads.imbalance(4), (20.0 / 15 + 25.0 / 10) / 2, 1e-12);
+  EXPECT_THROW(read_expert_loads(dir.str(), 8), condensa::ConfigError);  // 4 experts logged
+  EXPECT_THROW(read_expert_loads((dir.path() / "none").string(), 4), condensa::ConfigError);
+
+  Config c = load("configs/quickstart.yaml", {"parallel.expert_parallel=2", "train.dtype=fp32"});
+  const auto hw = round_profile();
+  const Plan even = make_plan(c, 2, hw, {});
+  EXPECT_DOUBLE_EQ(even.load_imbalance, 1.0);
+  EXPECT_DOUBLE_EQ(even.time.imbalance, 0.0);
+  PlanOptions o;
+  o.load_imbalance = 1.5;
+  const Plan uneven = make_plan(c, 2, hw, o);
+  // Per micro-batch: 0.5 x the routed-expert forward + backward FLOPs of every MoE block
+  // (3 layers and the MTP module) at the matmul rate.
+  const auto& m = c.model;
+  const double T = c.train.micro_batch_size * c.train.seq_len;
+  const double expert_fb = 3 * 2.0 * m.top_k * 3 * m.hidden_size * m.moe_intermediate_size;
+  const double moe_blocks = (m.num_layers - m.num_dense_layers) + m.mtp_depth;
+  EXPECT_NEAR(uneven.time.imbalance,
+              0.5 * moe_blocks * T * expert_fb / (hw.peak_flops * hw.gemm_efficiency), 1e-12);
+  EXPECT_NEAR(uneven.time.a2a, 1.5 * even.time.a2a, 1e-15);
+  EXPECT_NEAR(uneven.time.micro_batch - even.time.micro_batch,
+              uneven.time.imbalance + 0.5 * even.time.a2a, 1e-12);
+  // The run's loads, read at the plan's own ep.
+  o.load_imbalance = 0;
+  o.expert_loads = loads;
+  EXPECT_NEAR(make_plan(c, 2, hw, o).load_imbalance, loads.imbalance(2), 1e-12);
+}
+
 TEST(Plan, SchedulesBubblesAndOverlap) {
   Config c = load("configs/deepseek-v3-671b.yaml");
   const auto hw = builtin_profile("h800");
