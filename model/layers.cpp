@@ -173,15 +173,16 @@ torch::Tensor MLAImpl::forward(const torch::Tensor& x,
     auto up = [this](const torch::Tensor& t) { return q_b_proj(q_a_layernorm(t)); };
     q = recompute_up ? recompute(up, q_latent) : up(q_latent);
   }
-  q = q.view({B, S, H, nope + R});
-  auto q_nope = q.narrow(-1, 0, nope);
-  auto q_rope = apply_rope(q.narrow(-1, nope, R), rope, start_pos);
+  // split (not narrow): its backward concatenates the parts' gradients once, where each
+  // narrow's backward writes a zero-filled tensor of the whole size.
+  auto q_parts = q.view({B, S, H, nope + R}).split_with_sizes({nope, R}, -1);
+  auto q_nope = q_parts[0];
+  auto q_rope = apply_rope(q_parts[1], rope, start_pos);
 
   // Keys/values: one shared latent (normalised) plus one shared rope key per position.
-  auto kv = kv_a_proj_with_mqa(x);
-  auto latent = kv.narrow(-1, 0, C);
-  auto k_rope =
-      apply_rope(kv.narrow(-1, C, R).unsqueeze(2), rope, start_pos).squeeze(2);  // [B,S,R]
+  auto kv = kv_a_proj_with_mqa(x).split_with_sizes({C, R}, -1);
+  auto latent = kv[0];
+  auto k_rope = apply_rope(kv[1].unsqueeze(2), rope, start_pos).squeeze(2);  // [B,S,R]
   auto norm_latent =
       recompute_up ? recompute([this](const torch::Tensor& t) { return kv_a_layernorm(t); }, latent)
                    : kv_a_layernorm(latent);
@@ -197,9 +198,9 @@ torch::Tensor MLAImpl::forward(const torch::Tensor& x,
   auto kv_up = recompute_up
                    ? recompute([this](const torch::Tensor& t) { return kv_b_proj(t); }, norm_latent)
                    : kv_b_proj(norm_latent);
-  kv_up = kv_up.view({B, L, H, nope + Dv});
-  auto k_nope = kv_up.narrow(-1, 0, nope);
-  auto v = kv_up.narrow(-1, nope, Dv);
+  auto kv_parts = kv_up.view({B, L, H, nope + Dv}).split_with_sizes({nope, Dv}, -1);
+  auto k_nope = kv_parts[0];
+  auto v = kv_parts[1];
   auto k = torch::cat({k_nope, k_rope.unsqueeze(2).expand({B, L, H, R})}, -1);
   auto qf = torch::cat({q_nope, q_rope}, -1);
   // The fused kernel's causal mask is aligned at position 0: it serves full sequences (training,

@@ -4,6 +4,44 @@
 
 namespace condensa::model {
 
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+// y = x w^T for one expert, in the autocast dtype when autocast is on for x's device. Its weight
+// gradient is computed as g^T x: [out, in] and contiguous like the weight, so the per-expert
+// gradients stack (unbind's backward) with plain copies. Autograd's mm(x, w.t()) hands back a
+// transposed view, and stacking those was a strided copy of every expert weight per layer.
+struct ExpertLinear : torch::autograd::Function<ExpertLinear> {
+  static torch::Tensor forward(AutogradContext* ctx,
+                               const torch::Tensor& x,
+                               const torch::Tensor& w) {
+    auto dtype = x.scalar_type();
+    const auto device_type = x.device().type();
+    if (at::autocast::is_autocast_enabled(device_type))
+      dtype = at::autocast::get_autocast_dtype(device_type);
+    // The casts are explicit here; the product runs below autocast.
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    auto xc = x.to(dtype), wc = w.to(dtype);
+    ctx->save_for_backward({xc, wc});
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
+    return xc.mm(wc.t());
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& xc = saved[0];
+    const auto& wc = saved[1];
+    auto g = grads[0].to(xc.scalar_type());
+    const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
+    const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
+    return {g.mm(wc).to(x_dtype), g.t().mm(xc).to(w_dtype)};
+  }
+};
+
+}  // namespace
+
 GroupedExpertsImpl::GroupedExpertsImpl(int64_t n, int64_t first, int64_t dim, int64_t inter)
     : num_local_experts(n), first_expert(first) {
   gate_proj = register_parameter("gate_proj", torch::empty({n, inter, dim}));
@@ -15,16 +53,21 @@ torch::Tensor GroupedExpertsImpl::forward(const torch::Tensor& x_ND,
                                           const std::vector<int64_t>& rows) {
   std::vector<torch::Tensor> outs;
   outs.reserve(num_local_experts);
-  // One unbind per weight: its backward stacks the per-expert gradients once. (Indexing
-  // gate_proj[e] would make each expert's backward write a zero-filled copy of the whole stack.)
+  // One unbind per weight and one split of the rows: their backward stacks the per-expert
+  // gradients and concatenates the row gradients once. (Indexing gate_proj[e] or narrowing
+  // x_ND per expert would make each expert's backward write a zero-filled copy of the whole
+  // tensor.)
   auto gate = gate_proj.unbind(0), up = up_proj.unbind(0), down = down_proj.unbind(0);
-  int64_t offset = 0;
+  std::vector<int64_t> sizes(rows.begin(), rows.begin() + num_local_experts);
+  int64_t total = 0;
+  for (int64_t r : sizes) total += r;
+  if (total < x_ND.size(0)) sizes.push_back(x_ND.size(0) - total);  // rows past the experts'
+  auto xs = x_ND.split_with_sizes(sizes, 0);
   for (int64_t e = 0; e < num_local_experts; ++e) {
     if (rows[e] == 0) continue;
-    auto x = x_ND.narrow(0, offset, rows[e]);
-    auto h = torch::silu(torch::matmul(x, gate[e].t())) * torch::matmul(x, up[e].t());
-    outs.push_back(torch::matmul(h, down[e].t()));
-    offset += rows[e];
+    const auto& x = xs[e];
+    auto h = torch::silu(ExpertLinear::apply(x, gate[e])) * ExpertLinear::apply(x, up[e]);
+    outs.push_back(ExpertLinear::apply(h, down[e]));
   }
   if (outs.empty()) {
     // Keep the graph connected to every expert weight so that gradients exist (as zeros).
