@@ -236,7 +236,7 @@ std::string Trainer::save(int64_t step) {
   req.write_dense = mesh_.dp_rank() == 0 && owner;
   req.write_experts = mesh_.edp_rank() == 0 && owner;
   if (pipe_ && pipe_->embedding_copy) req.skip_prefix = "embed_tokens.";
-  last_checkpoint_ = save_checkpoint(req, *model_, *optim_, mesh_, world_);
+  last_checkpoint_ = save_checkpoint(req, *model_, *optim_, world_);
   return last_checkpoint_;
 }
 

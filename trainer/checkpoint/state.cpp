@@ -64,7 +64,6 @@ std::string piece_key(const std::string& name, int64_t start) {
 std::string save_checkpoint(const SaveRequest& req,
                             model::TransformerImpl& model,
                             const Optimizer& optim,
-                            const parallel::Mesh& mesh,
                             parallel::Communicator& world) {
   torch::NoGradGuard no_grad;
   // Model tensors this rank owns.

@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "model/transformer.h"
-#include "parallel/mesh.h"
+#include "parallel/communicator.h"
 #include "trainer/optim/optimizer.h"
 
 namespace condensa::trainer {
@@ -40,12 +40,11 @@ struct SaveRequest {
   std::string skip_prefix;
 };
 
-// Collective over the mesh's world: every rank writes its files, rank 0 commits. Returns the
+// Collective over world: every rank writes its files, rank 0 commits. Returns the
 // committed step directory (on every rank).
 std::string save_checkpoint(const SaveRequest& req,
                             model::TransformerImpl& model,
                             const Optimizer& optim,
-                            const parallel::Mesh& mesh,
                             parallel::Communicator& world);
 
 // Loads model parameters, buffers and optimizer state from `step_dir` into this rank's layout.
