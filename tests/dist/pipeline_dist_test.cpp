@@ -25,7 +25,6 @@ using namespace condensa;
 using condensa::testing::Curve;
 using condensa::testing::first_ranks;
 using condensa::testing::read_curve;
-using condensa::testing::shared_tmp;
 
 namespace {
 
@@ -51,23 +50,14 @@ void expect_close(const Curve& ref, const Curve& got, int64_t from, const std::s
   }
 }
 
-class PipelineDist : public ::testing::Test {
+class PipelineDist : public condensa::testing::SharedRunDirTest {
  protected:
-  void SetUp() override {
-    root_ =
-        shared_tmp("condensa-pp-", ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  }
-  void TearDown() override {
-    condensa::testing::mpi_world().barrier();
-    if (condensa::testing::mpi_world().rank() == 0) fs::remove_all(root_);
-  }
-  std::string dir(const std::string& name) const { return root_ + "/" + name; }
+  PipelineDist() : SharedRunDirTest("condensa-pp-") {}
   Curve reference() {
     auto one = first_ranks(1);
     train(one.get(), dir("world1"), {});
     return read_curve(dir("world1"));
   }
-  std::string root_;
 };
 
 struct Layout {

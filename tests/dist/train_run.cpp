@@ -21,6 +21,15 @@ std::string shared_tmp(const std::string& prefix, const std::string& tag) {
   return names[0];
 }
 
+void SharedRunDirTest::SetUp() {
+  root_ = shared_tmp(prefix_, ::testing::UnitTest::GetInstance()->current_test_info()->name());
+}
+
+void SharedRunDirTest::TearDown() {
+  mpi_world().barrier();
+  if (mpi_world().rank() == 0) fs::remove_all(root_);
+}
+
 Curve read_curve(const std::string& dir, const std::string& key) {
   Curve out;
   std::ifstream in(fs::path(dir) / "metrics.jsonl");

@@ -3,6 +3,8 @@
 // ranks, and the per-step values of metrics.jsonl.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -16,6 +18,20 @@ namespace condensa::testing {
 
 // A temporary directory named by rank 0 (the same path on every rank). Collective.
 std::string shared_tmp(const std::string& prefix, const std::string& tag);
+
+// A fixture with one run directory per test (shared_tmp, named by the test), which every rank
+// sees and rank 0 removes after the test.
+class SharedRunDirTest : public ::testing::Test {
+ protected:
+  explicit SharedRunDirTest(std::string prefix) : prefix_(std::move(prefix)) {}
+  void SetUp() override;
+  void TearDown() override;
+  std::string dir(const std::string& name) const { return root_ + "/" + name; }
+  std::string root_;
+
+ private:
+  std::string prefix_;
+};
 
 // Step -> metrics.jsonl's `key` ("loss", "grad_norm", "aux_loss", "val_loss") in `dir`.
 using Curve = std::map<int64_t, double>;

@@ -20,7 +20,6 @@ using namespace condensa;
 using condensa::testing::Curve;
 using condensa::testing::first_ranks;
 using condensa::testing::read_curve;
-using condensa::testing::shared_tmp;
 
 namespace {
 
@@ -46,24 +45,15 @@ void expect_close(const Curve& a, const Curve& b, int64_t from, const std::strin
   }
 }
 
-class TrainerDist : public ::testing::Test {
+class TrainerDist : public condensa::testing::SharedRunDirTest {
  protected:
-  void SetUp() override {
-    root_ = shared_tmp("condensa-dist-",
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  }
-  void TearDown() override {
-    condensa::testing::mpi_world().barrier();
-    if (condensa::testing::mpi_world().rank() == 0) fs::remove_all(root_);
-  }
-  std::string dir(const std::string& name) const { return root_ + "/" + name; }
+  TrainerDist() : SharedRunDirTest("condensa-dist-") {}
   // The single-process curve (rank 0 computes, everyone reads).
   Curve reference() {
     auto one = first_ranks(1);
     train(one.get(), dir("world1"), {});
     return read_curve(dir("world1"));
   }
-  std::string root_;
 };
 
 TEST_F(TrainerDist, LossCurveIsLayoutIndependent) {
