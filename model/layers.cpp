@@ -1,7 +1,12 @@
 #include "model/layers.h"
 
+#include <ATen/autocast_mode.h>
+
 #include <cmath>
 
+#include "model/cpu_attention.h"
+#include "model/cpu_fused.h"
+#include "model/moe/experts.h"
 #include "model/recompute.h"
 
 namespace condensa::model {
@@ -16,6 +21,11 @@ torch::Tensor upcast(const torch::Tensor& x) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  if (cpu_fused_applies(x)) return fused_rms_norm(x, weight, eps);
+  return rms_norm_reference(x, weight, eps);
+}
+
+torch::Tensor rms_norm_reference(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   auto xf = upcast(x);
   auto y = xf * torch::rsqrt((xf * xf).mean(-1, /*keepdim=*/true) + eps);
   return (y * weight).to(x.scalar_type());
@@ -94,6 +104,22 @@ MLPImpl::MLPImpl(int64_t dim, int64_t inter) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  // On the CPU in fp32/fp64: the experts' autograd function with one expert (SwiGLU in one fused
+  // pass, contiguous weight gradients); the Linear composition is its reference.
+  if (cpu_fused_applies(x) && !at::autocast::is_autocast_enabled(at::kCPU)) {
+    const int64_t D = x.size(-1);
+    auto x_TD = x.reshape({-1, D});
+    auto y_TD =
+        swiglu_per_expert(x_TD, gate_proj->weight.unsqueeze(0), up_proj->weight.unsqueeze(0),
+                          down_proj->weight.unsqueeze(0), {x_TD.size(0)});
+    auto shape = x.sizes().vec();
+    shape.back() = y_TD.size(1);
+    return y_TD.view(shape);
+  }
+  return mlp_reference(x);
+}
+
+torch::Tensor MLPImpl::mlp_reference(const torch::Tensor& x) {
   return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
 }
 
@@ -118,6 +144,8 @@ torch::Tensor fused_causal_attention(const torch::Tensor& q,
                                      const torch::Tensor& k,
                                      const torch::Tensor& v,
                                      double scale) {
+  // CPU fp32/fp64: condensa's blocked kernel (cpu_attention.h), unequal head dims unpadded.
+  if (cpu_attention_applies(q, k, v)) return cpu_causal_attention(q, k, v, scale);
   // [B, H, S, D] views; is_causal masks key j > query i (both from position 0).
   const int64_t Dqk = q.size(-1), Dv = v.size(-1);
   auto vh = v.transpose(1, 2);
@@ -173,16 +201,26 @@ torch::Tensor MLAImpl::forward(const torch::Tensor& x,
     auto up = [this](const torch::Tensor& t) { return q_b_proj(q_a_layernorm(t)); };
     q = recompute_up ? recompute(up, q_latent) : up(q_latent);
   }
+  // Keys/values: one shared latent (normalised) plus one shared rope key per position.
   // split (not narrow): its backward concatenates the parts' gradients once, where each
   // narrow's backward writes a zero-filled tensor of the whole size.
-  auto q_parts = q.view({B, S, H, nope + R}).split_with_sizes({nope, R}, -1);
-  auto q_nope = q_parts[0];
-  auto q_rope = apply_rope(q_parts[1], rope, start_pos);
-
-  // Keys/values: one shared latent (normalised) plus one shared rope key per position.
   auto kv = kv_a_proj_with_mqa(x).split_with_sizes({C, R}, -1);
   auto latent = kv[0];
-  auto k_rope = apply_rope(kv[1].unsqueeze(2), rope, start_pos).squeeze(2);  // [B,S,R]
+  // Training and evaluation on the CPU in fp32/fp64 assemble the rope heads in fused kernels
+  // (cpu_fused.h); the ATen composition below is their reference and serves the rest.
+  const bool fused_rope = !cache && cpu_fused_applies(q) && cpu_fused_applies(kv[1]);
+  torch::Tensor q_nope, q_rope, k_rope, qf, cos_SP, sin_SP;
+  if (fused_rope) {
+    cos_SP = rope.cos_SR.narrow(0, start_pos, S).to(q.scalar_type()).contiguous();
+    sin_SP = rope.sin_SR.narrow(0, start_pos, S).to(q.scalar_type()).contiguous();
+    qf = fused_rope_tail(q.view({B, S, H, nope + R}), cos_SP, sin_SP);
+    k_rope = kv[1];  // rotated inside fused_mla_key
+  } else {
+    auto q_parts = q.view({B, S, H, nope + R}).split_with_sizes({nope, R}, -1);
+    q_nope = q_parts[0];
+    q_rope = apply_rope(q_parts[1], rope, start_pos);
+    k_rope = apply_rope(kv[1].unsqueeze(2), rope, start_pos).squeeze(2);  // [B,S,R]
+  }
   auto norm_latent =
       recompute_up ? recompute([this](const torch::Tensor& t) { return kv_a_layernorm(t); }, latent)
                    : kv_a_layernorm(latent);
@@ -201,8 +239,13 @@ torch::Tensor MLAImpl::forward(const torch::Tensor& x,
   auto kv_parts = kv_up.view({B, L, H, nope + Dv}).split_with_sizes({nope, Dv}, -1);
   auto k_nope = kv_parts[0];
   auto v = kv_parts[1];
-  auto k = torch::cat({k_nope, k_rope.unsqueeze(2).expand({B, L, H, R})}, -1);
-  auto qf = torch::cat({q_nope, q_rope}, -1);
+  torch::Tensor k;
+  if (fused_rope) {
+    k = fused_mla_key(k_nope, k_rope, cos_SP, sin_SP);
+  } else {
+    k = torch::cat({k_nope, k_rope.unsqueeze(2).expand({B, L, H, R})}, -1);
+    qf = torch::cat({q_nope, q_rope}, -1);
+  }
   // The fused kernel's causal mask is aligned at position 0: it serves full sequences (training,
   // evaluation, a generation prompt); decoding with a cache uses the explicit path.
   const bool fused = cfg.attention_impl == "sdpa" && start_pos == 0 && L == S;

@@ -22,6 +22,9 @@ struct RMSNormImpl : torch::nn::Module {
   double eps;
 };
 TORCH_MODULE(RMSNorm);
+// RMSNorm as ATen operators (upcast, mean of squares, rsqrt, products): the reference of the
+// fused CPU kernel (cpu_fused.h), and the path of every other device and dtype.
+torch::Tensor rms_norm_reference(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 
 // cos/sin tables for the rope dims: [max_seq_len, R/2] each (fp64, cast to the input's dtype).
 struct RopeTables {
@@ -36,6 +39,8 @@ double attention_softmax_scale(const ModelConfig& cfg);
 struct MLPImpl : torch::nn::Module {
   MLPImpl(int64_t dim, int64_t inter);
   torch::Tensor forward(const torch::Tensor& x);
+  // down(silu(gate(x)) * up(x)) as Linear modules and ATen operators: forward's reference.
+  torch::Tensor mlp_reference(const torch::Tensor& x);
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);
@@ -76,8 +81,9 @@ torch::Tensor causal_attention(const torch::Tensor& q,
                                double scale,
                                int64_t start_pos);
 
-// The same attention (start_pos 0, S == L) through at::scaled_dot_product_attention, which
-// picks a fused kernel (flash attention on CPU; flash, memory-efficient or cuDNN on CUDA).
+// The same attention (start_pos 0, S == L) in a fused kernel: on the CPU in fp32/fp64
+// condensa's blocked kernel (cpu_attention.h); otherwise at::scaled_dot_product_attention,
+// which picks one (flash on the CPU in bf16; flash, memory-efficient or cuDNN on CUDA).
 // Dqk may differ from Dv (MLA: nope + rope vs v_head_dim).
 torch::Tensor fused_causal_attention(const torch::Tensor& q,
                                      const torch::Tensor& k,

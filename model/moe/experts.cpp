@@ -2,6 +2,8 @@
 
 #include <ATen/autocast_mode.h>
 
+#include "model/cpu_fused.h"
+
 namespace condensa::model {
 
 namespace {
@@ -9,34 +11,109 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-// y = x w^T for one expert, in the autocast dtype when autocast is on for x's device. Its weight
-// gradient is computed as g^T x: [out, in] and contiguous like the weight, so the per-expert
-// gradients stack (unbind's backward) with plain copies. Autograd's mm(x, w.t()) hands back a
-// transposed view, and stacking those was a strided copy of every expert weight per layer.
-struct ExpertLinear : torch::autograd::Function<ExpertLinear> {
+// silu(g) * u: one fused pass on the CPU in fp32/fp64 (cpu_fused.h), ATen operators otherwise.
+torch::Tensor swiglu(const torch::Tensor& g, const torch::Tensor& u) {
+  return cpu_fused_applies(g) ? fused_swiglu(g, u) : torch::silu(g) * u;
+}
+
+// All local experts as one autograd function. Forward runs each expert's gate and up products
+// into two [M, F] buffers, SwiGLU over all rows at once, and each down product into one [M, D]
+// output. Backward writes each expert's weight gradients straight into [E, F, D] / [E, D, F]
+// buffers and its row gradients into one [N, D] buffer. Composing per-expert autograd ops
+// instead (unbind the weights, split the rows, cat the outputs) makes backward stack the weight
+// gradients and concatenate the row gradients, full copies of both per layer; and autograd's
+// mm(x, w.t()) returns each weight gradient as a transposed view, so that stack is strided.
+// Products run in the autocast dtype when autocast is on for x's device (cast explicitly here,
+// then below autocast); gradients come back in the inputs' dtypes.
+struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
   static torch::Tensor forward(AutogradContext* ctx,
-                               const torch::Tensor& x,
-                               const torch::Tensor& w) {
-    auto dtype = x.scalar_type();
-    const auto device_type = x.device().type();
+                               const torch::Tensor& x_ND,
+                               const torch::Tensor& gate_EFD,
+                               const torch::Tensor& up_EFD,
+                               const torch::Tensor& down_EDF,
+                               const std::vector<int64_t>& rows) {
+    auto dtype = x_ND.scalar_type();
+    const auto device_type = x_ND.device().type();
     if (at::autocast::is_autocast_enabled(device_type))
       dtype = at::autocast::get_autocast_dtype(device_type);
-    // The casts are explicit here; the product runs below autocast.
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    auto xc = x.to(dtype), wc = w.to(dtype);
-    ctx->save_for_backward({xc, wc});
-    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
-    ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
-    return xc.mm(wc.t());
+    auto x = x_ND.to(dtype).contiguous();
+    auto gate = gate_EFD.to(dtype), up = up_EFD.to(dtype), down = down_EDF.to(dtype);
+    const int64_t E = gate.size(0), F = gate.size(1), D = gate.size(2);
+    int64_t M = 0;
+    for (int64_t e = 0; e < E; ++e) M += rows[e];
+    auto g_MF = torch::empty({M, F}, x.options()), u_MF = torch::empty({M, F}, x.options());
+    for (int64_t e = 0, o = 0; e < E; o += rows[e], ++e) {
+      if (rows[e] == 0) continue;
+      auto x_e = x.narrow(0, o, rows[e]);
+      auto g_e = g_MF.narrow(0, o, rows[e]), u_e = u_MF.narrow(0, o, rows[e]);
+      at::mm_out(g_e, x_e, gate[e].t());
+      at::mm_out(u_e, x_e, up[e].t());
+    }
+    auto h_MF = swiglu(g_MF, u_MF);
+    auto y_MD = torch::empty({M, D}, x.options());
+    for (int64_t e = 0, o = 0; e < E; o += rows[e], ++e) {
+      if (rows[e] == 0) continue;
+      auto y_e = y_MD.narrow(0, o, rows[e]);
+      at::mm_out(y_e, h_MF.narrow(0, o, rows[e]), down[e].t());
+    }
+    ctx->save_for_backward({x, gate, up, down, g_MF, u_MF});
+    ctx->saved_data["rows"] = rows;
+    ctx->saved_data["dtypes"] = std::vector<int64_t>{
+        static_cast<int64_t>(x_ND.scalar_type()), static_cast<int64_t>(gate_EFD.scalar_type()),
+        static_cast<int64_t>(up_EFD.scalar_type()), static_cast<int64_t>(down_EDF.scalar_type())};
+    return y_MD;
   }
+
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto& xc = saved[0];
-    const auto& wc = saved[1];
-    auto g = grads[0].to(xc.scalar_type());
-    const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
-    const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
-    return {g.mm(wc).to(x_dtype), g.t().mm(xc).to(w_dtype)};
+    const auto &x = saved[0], &gate = saved[1], &up = saved[2], &down = saved[3];
+    const auto &g_MF = saved[4], &u_MF = saved[5];
+    const auto rows = ctx->saved_data["rows"].toIntVector();
+    const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
+    const int64_t E = gate.size(0);
+    auto dy_MD = grads[0].defined() ? grads[0].to(x.scalar_type()).contiguous()
+                                    : torch::zeros({g_MF.size(0), x.size(1)}, x.options());
+    auto h_MF = swiglu(g_MF, u_MF);
+    auto dgate = torch::empty_like(gate), dup = torch::empty_like(up);
+    auto ddown = torch::empty_like(down), dh_MF = torch::empty_like(g_MF);
+    for (int64_t e = 0, o = 0; e < E; o += rows[e], ++e) {
+      if (rows[e] == 0) {
+        dgate[e].zero_();
+        dup[e].zero_();
+        ddown[e].zero_();
+        continue;
+      }
+      auto dy_e = dy_MD.narrow(0, o, rows[e]);
+      auto ddown_e = ddown[e], dh_e = dh_MF.narrow(0, o, rows[e]);
+      at::mm_out(ddown_e, dy_e.t(), h_MF.narrow(0, o, rows[e]));
+      at::mm_out(dh_e, dy_e, down[e]);
+    }
+    torch::Tensor dg_MF, du_MF;
+    if (cpu_fused_applies(g_MF)) {
+      std::tie(dg_MF, du_MF) = fused_swiglu_backward(g_MF, u_MF, dh_MF);
+    } else {
+      du_MF = dh_MF * torch::silu(g_MF);
+      dg_MF = at::silu_backward(dh_MF.mul_(u_MF), g_MF);
+    }
+    auto dx = torch::empty_like(x);
+    int64_t o = 0;
+    for (int64_t e = 0; e < E; o += rows[e], ++e) {
+      if (rows[e] == 0) continue;
+      auto x_e = x.narrow(0, o, rows[e]);
+      auto dg_e = dg_MF.narrow(0, o, rows[e]), du_e = du_MF.narrow(0, o, rows[e]);
+      auto dgate_e = dgate[e], dup_e = dup[e];
+      at::mm_out(dgate_e, dg_e.t(), x_e);
+      at::mm_out(dup_e, du_e.t(), x_e);
+      auto dx_e = dx.narrow(0, o, rows[e]);
+      at::mm_out(dx_e, dg_e, gate[e]);
+      dx_e.addmm_(du_e, up[e]);
+    }
+    if (o < x.size(0)) dx.narrow(0, o, x.size(0) - o).zero_();  // rows past the experts'
+    auto as = [&](const torch::Tensor& t, int i) {
+      return t.to(static_cast<at::ScalarType>(dtypes[i]));
+    };
+    return {as(dx, 0), as(dgate, 1), as(dup, 2), as(ddown, 3), torch::Tensor()};
   }
 };
 
@@ -49,31 +126,25 @@ GroupedExpertsImpl::GroupedExpertsImpl(int64_t n, int64_t first, int64_t dim, in
   down_proj = register_parameter("down_proj", torch::empty({n, dim, inter}));
 }
 
+torch::Tensor swiglu_per_expert(const torch::Tensor& x_ND,
+                                const torch::Tensor& gate_EFD,
+                                const torch::Tensor& up_EFD,
+                                const torch::Tensor& down_EDF,
+                                const std::vector<int64_t>& rows) {
+  const int64_t E = gate_EFD.size(0);
+  TORCH_CHECK(static_cast<int64_t>(rows.size()) >= E, "experts: ", rows.size(), " row counts for ",
+              E, " local experts");
+  int64_t total = 0;
+  for (int64_t e = 0; e < E; ++e) total += rows[e];
+  TORCH_CHECK(total <= x_ND.size(0), "experts: the row counts add up to ", total, " but x has ",
+              x_ND.size(0), " rows");
+  std::vector<int64_t> local(rows.begin(), rows.begin() + E);
+  return ExpertLoopFn::apply(x_ND, gate_EFD, up_EFD, down_EDF, local);
+}
+
 torch::Tensor GroupedExpertsImpl::forward(const torch::Tensor& x_ND,
                                           const std::vector<int64_t>& rows) {
-  std::vector<torch::Tensor> outs;
-  outs.reserve(num_local_experts);
-  // One unbind per weight and one split of the rows: their backward stacks the per-expert
-  // gradients and concatenates the row gradients once. (Indexing gate_proj[e] or narrowing
-  // x_ND per expert would make each expert's backward write a zero-filled copy of the whole
-  // tensor.)
-  auto gate = gate_proj.unbind(0), up = up_proj.unbind(0), down = down_proj.unbind(0);
-  std::vector<int64_t> sizes(rows.begin(), rows.begin() + num_local_experts);
-  int64_t total = 0;
-  for (int64_t r : sizes) total += r;
-  if (total < x_ND.size(0)) sizes.push_back(x_ND.size(0) - total);  // rows past the experts'
-  auto xs = x_ND.split_with_sizes(sizes, 0);
-  for (int64_t e = 0; e < num_local_experts; ++e) {
-    if (rows[e] == 0) continue;
-    const auto& x = xs[e];
-    auto h = torch::silu(ExpertLinear::apply(x, gate[e])) * ExpertLinear::apply(x, up[e]);
-    outs.push_back(ExpertLinear::apply(h, down[e]));
-  }
-  if (outs.empty()) {
-    // Keep the graph connected to every expert weight so that gradients exist (as zeros).
-    return x_ND.narrow(0, 0, 0) + (gate_proj.sum() + up_proj.sum() + down_proj.sum()) * 0;
-  }
-  return torch::cat(outs, 0);
+  return swiglu_per_expert(x_ND, gate_proj, up_proj, down_proj, rows);
 }
 
 torch::Tensor GroupedExpertsImpl::forward_grouped(const torch::Tensor& x_ND,

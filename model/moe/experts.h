@@ -12,8 +12,8 @@ namespace condensa::model {
 
 struct GroupedExpertsImpl : torch::nn::Module {
   GroupedExpertsImpl(int64_t num_local_experts, int64_t first_expert, int64_t dim, int64_t inter);
-  // x_ND rows grouped by local expert -> y_ND. SwiGLU per expert, one matmul triple per expert
-  // with rows (the reference path; host counts).
+  // x_ND rows grouped by local expert -> y_ND (the first sum(rows) rows). SwiGLU per expert, one
+  // matmul triple per expert with rows, in one autograd function (host counts).
   torch::Tensor forward(const torch::Tensor& x_ND, const std::vector<int64_t>& rows_per_expert);
   // The same as three grouped GEMMs (at::_grouped_mm) over all experts at once, reading the
   // counts on the device (no host sync). Computes in the autocast dtype when autocast is on
@@ -25,6 +25,16 @@ struct GroupedExpertsImpl : torch::nn::Module {
   torch::Tensor down_proj;           // [E, D, F]
 };
 TORCH_MODULE(GroupedExperts);
+
+// SwiGLU experts as one autograd function: rows [o_e, o_e + rows[e]) of x_ND (grouped by expert,
+// o_e the running sum) go through expert e's gate/up/down weights [E, F, D] / [E, F, D] /
+// [E, D, F]; returns [sum(rows), D]. In the autocast dtype when autocast is on for x's device.
+// Also the dense MLP on the CPU (one "expert" with every row).
+torch::Tensor swiglu_per_expert(const torch::Tensor& x_ND,
+                                const torch::Tensor& gate_EFD,
+                                const torch::Tensor& up_EFD,
+                                const torch::Tensor& down_EDF,
+                                const std::vector<int64_t>& rows);
 
 // Whether `model.experts_impl` selects the grouped GEMM on `device` ("auto": CUDA in bf16).
 bool use_grouped_gemm(const std::string& experts_impl, torch::Device device, bool bf16);

@@ -1,9 +1,13 @@
-// The fused attention path (at::scaled_dot_product_attention) against the explicit reference
-// (matmul, fp32 softmax over a materialised causal mask, matmul): outputs and gradients, with
-// MLA's unequal query/key and value head dims, in fp32 (1e-5) and under bf16 autocast.
+// The fused attention paths against the explicit reference (matmul, fp32 softmax over a
+// materialised causal mask, matmul): outputs and gradients, with MLA's unequal query/key and
+// value head dims. In fp32/fp64 on the CPU the fused path is condensa's blocked kernel
+// (cpu_attention.h: 1e-5 in fp32, 1e-12 in fp64, across query blocks, 1 and 2 threads); under
+// bf16 autocast it is at::scaled_dot_product_attention (the flash kernel, v padded).
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include "model/autocast.h"
+#include "model/cpu_attention.h"
 #include "model/layers.h"
 
 using namespace condensa::model;
@@ -51,7 +55,7 @@ MLA random_mla(const ModelConfig& c, uint64_t seed) {
 }  // namespace
 
 TEST(FusedAttention, MatchesExplicitWithUnequalHeadDimsFp32) {
-  // MLA: qk = nope + rope = 12, v = 8; the CPU path pads v to reach the flash kernel.
+  // MLA: qk = nope + rope = 12, v = 8.
   auto in = make_qkv(2, 37, 3, 12, 8, 1);
   const double scale = 1.0 / std::sqrt(12.0);
   auto ref = run(in, false, scale), got = run(in, true, scale);
@@ -147,4 +151,52 @@ TEST(FusedAttention, DecodingWithCacheMatchesFullSequence) {
   auto first = mla(x.narrow(1, 0, 6), rope, &cache, 0);
   auto rest = mla(x.narrow(1, 6, 3), rope, &cache, 6);
   EXPECT_LT(max_rel_diff(torch::cat({first, rest}, 1), full), 1e-5);
+}
+
+// condensa's CPU kernel on several query blocks (150 = 64 + 64 + 22 rows), a strided v (a split
+// view, as in MLA), fp32 and fp64, one and two threads: outputs and q/k/v gradients.
+TEST(CpuAttention, MatchesExplicitAcrossBlocksDtypesAndThreads) {
+  const int saved_threads = at::get_num_threads();
+  for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
+    for (int threads : {1, 2}) {
+      at::set_num_threads(threads);
+      torch::manual_seed(11);
+      auto q = torch::randn({2, 150, 3, 12}, dtype), k = torch::randn({2, 150, 3, 12}, dtype);
+      auto kv = torch::randn({2, 150, 3, 20}, dtype);
+      auto upstream = torch::randn({2, 150, 3, 8}, dtype);
+      auto grads = [&](bool fused) {
+        auto qg = q.clone().requires_grad_(), kg = k.clone().requires_grad_();
+        auto kvg = kv.clone().requires_grad_();
+        auto v = kvg.narrow(-1, 12, 8);
+        EXPECT_TRUE(!fused || cpu_attention_applies(qg, kg, v));
+        auto out =
+            fused ? cpu_causal_attention(qg, kg, v, 0.29) : causal_attention(qg, kg, v, 0.29, 0);
+        (out * upstream).sum().backward();
+        return std::vector<torch::Tensor>{out.detach(), qg.grad(), kg.grad(), kvg.grad()};
+      };
+      auto ref = grads(false), got = grads(true);
+      const double tol = dtype == torch::kFloat64 ? 1e-12 : 1e-5;
+      const char* names[] = {"output", "dq", "dk", "dv"};
+      for (int i = 0; i < 4; ++i)
+        EXPECT_LT(max_rel_diff(got[i], ref[i]), tol)
+            << names[i] << " " << dtype << " threads " << threads;
+    }
+  }
+  at::set_num_threads(saved_threads);
+}
+
+TEST(CpuAttention, RejectsMixedDtypesAndShapesWithTheirValues) {
+  auto q = torch::randn({1, 5, 2, 4}), v = torch::randn({1, 5, 2, 3});
+  try {
+    cpu_causal_attention(q, q.to(torch::kFloat64), v, 0.5);
+    FAIL() << "mixed dtypes accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Float, Double, Float"), std::string::npos) << e.what();
+  }
+  try {
+    cpu_causal_attention(q, q, torch::randn({1, 6, 2, 3}), 0.5);
+    FAIL() << "mismatched v accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("v [1, 6, 2, 3]"), std::string::npos) << e.what();
+  }
 }

@@ -1,0 +1,31 @@
+// Causal attention on the CPU (fp32/fp64) for full sequences, with MLA's unequal query/key
+// and value head dims taken as they are.
+//
+// Key design choice: per (batch, head), blocks of query rows against the keys up to the block's
+// last row, so the blocks above the diagonal are never multiplied; softmax, masking and the
+// backward's dS = P * (dP - rowsum(dO * O)) run as row loops over a block that stays in cache,
+// between BLAS products on strided [S, D] views of the [B, S, H, D] tensors (no transposed
+// copies). Backward recomputes the probabilities from the saved log-sum-exp, so the memory kept
+// is O(B H S), as in the flash kernels. LibTorch's CPU flash kernel needs equal head dims
+// (MLA's v is padded to the query's, 1.5x the products that involve v) and computed this
+// shape's attention about 1.5x slower (docs/performance.md).
+//
+// Shape legend: B batch, S sequence (queries and keys), H heads, Dqk query/key dim, Dv value dim.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace condensa::model {
+
+// Whether cpu_causal_attention takes these tensors: CPU, fp32 or fp64, all one dtype, and CPU
+// autocast off.
+bool cpu_attention_applies(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+
+// softmax(q k^T * scale + causal mask) v. q, k [B, S, H, Dqk], v [B, S, H, Dv] (any strides with
+// a unit last stride, else copied) -> [B, S, H, Dv]; query i sees keys 0..i.
+torch::Tensor cpu_causal_attention(const torch::Tensor& q,
+                                   const torch::Tensor& k,
+                                   const torch::Tensor& v,
+                                   double scale);
+
+}  // namespace condensa::model

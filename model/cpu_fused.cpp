@@ -1,0 +1,374 @@
+#include "model/cpu_fused.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "model/cpu_vec.h"
+
+namespace condensa::model {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+constexpr int64_t kRowGrain = 32;  // rows per parallel task
+
+// y = rotate(x) on interleaved pairs: (x0 c - x1 s, x0 s + x1 c); inverse: the transpose.
+template <typename T>
+inline void rotate_pairs(const T* x, T* y, const T* c, const T* s, int64_t P, bool inverse) {
+  if (!inverse) {
+    for (int64_t i = 0; i < P; ++i) {
+      const T x0 = x[2 * i], x1 = x[2 * i + 1];
+      y[2 * i] = x0 * c[i] - x1 * s[i];
+      y[2 * i + 1] = x0 * s[i] + x1 * c[i];
+    }
+  } else {
+    for (int64_t i = 0; i < P; ++i) {
+      const T g0 = x[2 * i], g1 = x[2 * i + 1];
+      y[2 * i] = g0 * c[i] + g1 * s[i];
+      y[2 * i + 1] = g1 * c[i] - g0 * s[i];
+    }
+  }
+}
+
+void check_tables(const torch::Tensor& cos_SP,
+                  const torch::Tensor& sin_SP,
+                  int64_t S,
+                  const torch::Tensor& like) {
+  TORCH_CHECK(cos_SP.dim() == 2 && cos_SP.sizes() == sin_SP.sizes() && cos_SP.size(0) == S,
+              "rope tables: cos ", cos_SP.sizes(), " and sin ", sin_SP.sizes(),
+              " must both be [S=", S, ", R/2]");
+  TORCH_CHECK(cos_SP.scalar_type() == like.scalar_type() && cos_SP.is_contiguous() &&
+                  sin_SP.is_contiguous(),
+              "rope tables must be contiguous and of the input's dtype (", like.scalar_type(),
+              "), got ", cos_SP.scalar_type());
+}
+
+// ---- RMSNorm -------------------------------------------------------------------------------
+
+struct RMSNormFn : torch::autograd::Function<RMSNormFn> {
+  static torch::Tensor forward(AutogradContext* ctx,
+                               const torch::Tensor& x,
+                               const torch::Tensor& w,
+                               double eps) {
+    const int64_t D = x.size(-1);
+    auto x_ND = x.reshape({-1, D});
+    if (x_ND.stride(1) != 1 || x_ND.stride(0) < D) x_ND = x_ND.contiguous();
+    auto w_D = w.to(x.scalar_type()).contiguous();
+    const int64_t N = x_ND.size(0), rs = x_ND.stride(0);
+    auto y_ND = torch::empty({N, D}, x.options());
+    auto rstd_N = torch::empty({N}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_rms_norm", [&] {
+      const scalar_t* xp = x_ND.data_ptr<scalar_t>();
+      const scalar_t* wp = w_D.data_ptr<scalar_t>();
+      scalar_t* yp = y_ND.data_ptr<scalar_t>();
+      scalar_t* rp = rstd_N.data_ptr<scalar_t>();
+      at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const scalar_t* xi = xp + i * rs;
+          double ss = 0;
+          for (int64_t j = 0; j < D; ++j) ss += static_cast<double>(xi[j]) * xi[j];
+          const auto r = static_cast<scalar_t>(1.0 / std::sqrt(ss / D + eps));
+          rp[i] = r;
+          scalar_t* yi = yp + i * D;
+          for (int64_t j = 0; j < D; ++j) yi[j] = xi[j] * r * wp[j];
+        }
+      });
+    });
+    ctx->save_for_backward({x_ND, w_D, rstd_N});
+    ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
+    ctx->saved_data["x_shape"] = x.sizes().vec();
+    return y_ND.view(x.sizes());
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &x_ND = saved[0], &w_D = saved[1], &rstd_N = saved[2];
+    const int64_t N = x_ND.size(0), D = x_ND.size(1), rs = x_ND.stride(0);
+    auto g_ND = grads[0].reshape({N, D}).to(x_ND.scalar_type()).contiguous();
+    auto dx_ND = torch::empty({N, D}, x_ND.options());
+    // Weight gradient: per-thread partial sums in fp64, added once.
+    const int64_t num_threads = at::get_num_threads();
+    auto dw_part = torch::zeros({num_threads, D}, x_ND.options().dtype(torch::kFloat64));
+    AT_DISPATCH_FLOATING_TYPES(x_ND.scalar_type(), "fused_rms_norm_backward", [&] {
+      const scalar_t* xp = x_ND.data_ptr<scalar_t>();
+      const scalar_t* wp = w_D.data_ptr<scalar_t>();
+      const scalar_t* rp = rstd_N.data_ptr<scalar_t>();
+      const scalar_t* gp = g_ND.data_ptr<scalar_t>();
+      scalar_t* dxp = dx_ND.data_ptr<scalar_t>();
+      double* dwp = dw_part.data_ptr<double>();
+      at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
+        double* dw = dwp + std::min<int64_t>(at::get_thread_num(), num_threads - 1) * D;
+        for (int64_t i = begin; i < end; ++i) {
+          const scalar_t* xi = xp + i * rs;
+          const scalar_t* gi = gp + i * D;
+          const scalar_t r = rp[i];
+          double dot = 0;  // sum_j g_j w_j x_j
+          for (int64_t j = 0; j < D; ++j) dot += static_cast<double>(gi[j] * wp[j]) * xi[j];
+          const auto c = static_cast<scalar_t>(dot * r * r * r / D);
+          scalar_t* dxi = dxp + i * D;
+          for (int64_t j = 0; j < D; ++j) {
+            dxi[j] = r * (gi[j] * wp[j]) - xi[j] * c;
+            dw[j] += static_cast<double>(gi[j] * (xi[j] * r));
+          }
+        }
+      });
+    });
+    const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
+    return {dx_ND.view(ctx->saved_data["x_shape"].toIntVector()), dw_part.sum(0).to(w_dtype),
+            torch::Tensor()};
+  }
+};
+
+// ---- rope on the query's trailing dims -----------------------------------------------------
+
+struct RopeTailFn : torch::autograd::Function<RopeTailFn> {
+  template <bool kInverse>
+  static torch::Tensor run(const torch::Tensor& src,
+                           const torch::Tensor& c,
+                           const torch::Tensor& s) {
+    auto x = src.contiguous();
+    const int64_t B = x.size(0), S = x.size(1), H = x.size(2), D = x.size(3);
+    const int64_t P = c.size(1), N = D - 2 * P;
+    auto y = torch::empty_like(x);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_rope_tail", [&] {
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      const scalar_t* cp = c.data_ptr<scalar_t>();
+      const scalar_t* sp = s.data_ptr<scalar_t>();
+      scalar_t* yp = y.data_ptr<scalar_t>();
+      at::parallel_for(0, B * S, kRowGrain / H + 1, [&](int64_t begin, int64_t end) {
+        for (int64_t bs = begin; bs < end; ++bs) {
+          const int64_t pos = bs % S;
+          for (int64_t h = 0; h < H; ++h) {
+            const int64_t off = (bs * H + h) * D;
+            std::memcpy(yp + off, xp + off, N * sizeof(scalar_t));
+            rotate_pairs(xp + off + N, yp + off + N, cp + pos * P, sp + pos * P, P, kInverse);
+          }
+        }
+      });
+    });
+    return y;
+  }
+
+  static torch::Tensor forward(AutogradContext* ctx,
+                               const torch::Tensor& q,
+                               const torch::Tensor& cos_SP,
+                               const torch::Tensor& sin_SP) {
+    ctx->save_for_backward({cos_SP, sin_SP});
+    return run<false>(q, cos_SP, sin_SP);
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {run<true>(grads[0], saved[0], saved[1]), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// ---- MLA key heads: nope per head, one rotated rope key shared by all heads ----------------
+
+struct MLAKeyFn : torch::autograd::Function<MLAKeyFn> {
+  static torch::Tensor forward(AutogradContext* ctx,
+                               const torch::Tensor& k_nope,
+                               const torch::Tensor& k_rope,
+                               const torch::Tensor& cos_SP,
+                               const torch::Tensor& sin_SP) {
+    auto kn = k_nope.stride(3) == 1 ? k_nope : k_nope.contiguous();
+    auto kr = k_rope.stride(2) == 1 ? k_rope : k_rope.contiguous();
+    const int64_t B = kn.size(0), S = kn.size(1), H = kn.size(2), N = kn.size(3);
+    const int64_t P = cos_SP.size(1), R = 2 * P, D = N + R;
+    auto out = torch::empty({B, S, H, D}, kn.options());
+    AT_DISPATCH_FLOATING_TYPES(kn.scalar_type(), "fused_mla_key", [&] {
+      const scalar_t* np = kn.data_ptr<scalar_t>();
+      const scalar_t* rp = kr.data_ptr<scalar_t>();
+      const scalar_t* cp = cos_SP.data_ptr<scalar_t>();
+      const scalar_t* sp = sin_SP.data_ptr<scalar_t>();
+      scalar_t* op = out.data_ptr<scalar_t>();
+      const int64_t nb = kn.stride(0), ns = kn.stride(1), nh = kn.stride(2);
+      const int64_t rb = kr.stride(0), rsd = kr.stride(1);
+      at::parallel_for(0, B * S, kRowGrain / H + 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> rot(R);
+        for (int64_t bs = begin; bs < end; ++bs) {
+          const int64_t b = bs / S, pos = bs % S;
+          rotate_pairs(rp + b * rb + pos * rsd, rot.data(), cp + pos * P, sp + pos * P, P, false);
+          for (int64_t h = 0; h < H; ++h) {
+            scalar_t* o = op + (bs * H + h) * D;
+            std::memcpy(o, np + b * nb + pos * ns + h * nh, N * sizeof(scalar_t));
+            std::memcpy(o + N, rot.data(), R * sizeof(scalar_t));
+          }
+        }
+      });
+    });
+    ctx->save_for_backward({cos_SP, sin_SP});
+    ctx->saved_data["N"] = N;
+    return out;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &c = saved[0], &s = saved[1];
+    const int64_t N = ctx->saved_data["N"].toInt();
+    auto g = grads[0].contiguous();
+    const int64_t B = g.size(0), S = g.size(1), H = g.size(2), D = g.size(3);
+    const int64_t P = c.size(1), R = 2 * P;
+    auto d_rope = torch::empty({B, S, R}, g.options());
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fused_mla_key_backward", [&] {
+      const scalar_t* gp = g.data_ptr<scalar_t>();
+      const scalar_t* cp = c.data_ptr<scalar_t>();
+      const scalar_t* sp = s.data_ptr<scalar_t>();
+      scalar_t* dp = d_rope.data_ptr<scalar_t>();
+      at::parallel_for(0, B * S, kRowGrain / H + 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> sum(R);
+        for (int64_t bs = begin; bs < end; ++bs) {
+          const int64_t pos = bs % S;
+          std::fill(sum.begin(), sum.end(), scalar_t(0));
+          for (int64_t h = 0; h < H; ++h) {
+            const scalar_t* gi = gp + (bs * H + h) * D + N;
+            for (int64_t j = 0; j < R; ++j) sum[j] += gi[j];
+          }
+          rotate_pairs(sum.data(), dp + bs * R, cp + pos * P, sp + pos * P, P, true);
+        }
+      });
+    });
+    return {g.narrow(-1, 0, N), d_rope, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// ---- SwiGLU ---------------------------------------------------------------------------------
+
+constexpr int64_t kElementGrain = 1 << 14;  // elements per parallel task
+
+inline void swiglu_span(const float* g, const float* u, float* h, int64_t n) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    v4f gv, uv;
+    std::memcpy(&gv, g + j, sizeof(gv));
+    std::memcpy(&uv, u + j, sizeof(uv));
+    const v4f hv = gv * sigmoid<v4f, v4i>(gv) * uv;
+    std::memcpy(h + j, &hv, sizeof(hv));
+  }
+  for (; j < n; ++j) h[j] = g[j] * sigmoid<v1f, v1i>(v1f{g[j]})[0] * u[j];
+}
+inline void swiglu_span(const double* g, const double* u, double* h, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) h[j] = g[j] / (1 + std::exp(-g[j])) * u[j];
+}
+
+inline void swiglu_backward_span(
+    const float* g, const float* u, const float* dh, float* dg, float* du, int64_t n) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    v4f gv, uv, dv;
+    std::memcpy(&gv, g + j, sizeof(gv));
+    std::memcpy(&uv, u + j, sizeof(uv));
+    std::memcpy(&dv, dh + j, sizeof(dv));
+    const v4f s = sigmoid<v4f, v4i>(gv);
+    const v4f dgv = dv * uv * s * (1.0f + gv * (1.0f - s)), duv = dv * gv * s;
+    std::memcpy(dg + j, &dgv, sizeof(dgv));
+    std::memcpy(du + j, &duv, sizeof(duv));
+  }
+  for (; j < n; ++j) {
+    const float s = sigmoid<v1f, v1i>(v1f{g[j]})[0];
+    dg[j] = dh[j] * u[j] * s * (1.0f + g[j] * (1.0f - s));
+    du[j] = dh[j] * g[j] * s;
+  }
+}
+inline void swiglu_backward_span(
+    const double* g, const double* u, const double* dh, double* dg, double* du, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const double s = 1 / (1 + std::exp(-g[j]));
+    dg[j] = dh[j] * u[j] * s * (1 + g[j] * (1 - s));
+    du[j] = dh[j] * g[j] * s;
+  }
+}
+
+void check_swiglu(const std::vector<torch::Tensor>& ts) {
+  for (const auto& t : ts)
+    TORCH_CHECK(cpu_fused_applies(t) && t.is_contiguous() && t.sizes() == ts[0].sizes() &&
+                    t.scalar_type() == ts[0].scalar_type(),
+                "fused_swiglu: needs contiguous CPU fp32/fp64 tensors of one shape and dtype, got ",
+                t.sizes(), " ", t.scalar_type(), " against ", ts[0].sizes(), " ",
+                ts[0].scalar_type());
+}
+
+}  // namespace
+
+torch::Tensor fused_swiglu(const torch::Tensor& g, const torch::Tensor& u) {
+  check_swiglu({g, u});
+  auto h = torch::empty_like(g);
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fused_swiglu", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* up = u.data_ptr<scalar_t>();
+    scalar_t* hp = h.data_ptr<scalar_t>();
+    at::parallel_for(0, g.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+      swiglu_span(gp + begin, up + begin, hp + begin, end - begin);
+    });
+  });
+  return h;
+}
+
+std::pair<torch::Tensor, torch::Tensor> fused_swiglu_backward(const torch::Tensor& g,
+                                                              const torch::Tensor& u,
+                                                              const torch::Tensor& dh) {
+  check_swiglu({g, u, dh});
+  auto dg = torch::empty_like(g), du = torch::empty_like(u);
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fused_swiglu_backward", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* up = u.data_ptr<scalar_t>();
+    const scalar_t* dhp = dh.data_ptr<scalar_t>();
+    scalar_t* dgp = dg.data_ptr<scalar_t>();
+    scalar_t* dup = du.data_ptr<scalar_t>();
+    at::parallel_for(0, g.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+      swiglu_backward_span(gp + begin, up + begin, dhp + begin, dgp + begin, dup + begin,
+                           end - begin);
+    });
+  });
+  return {dg, du};
+}
+
+bool cpu_fused_applies(const torch::Tensor& x) {
+  return x.device().is_cpu() &&
+         (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64);
+}
+
+torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  TORCH_CHECK(cpu_fused_applies(x), "fused_rms_norm: needs a CPU fp32/fp64 input, got ", x.device(),
+              " ", x.scalar_type());
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == x.size(-1), "fused_rms_norm: weight ", w.sizes(),
+              " does not match the input's last dim ", x.size(-1));
+  return RMSNormFn::apply(x, w, eps);
+}
+
+torch::Tensor fused_rope_tail(const torch::Tensor& q_BSHD,
+                              const torch::Tensor& cos_SP,
+                              const torch::Tensor& sin_SP) {
+  TORCH_CHECK(cpu_fused_applies(q_BSHD) && q_BSHD.dim() == 4,
+              "fused_rope_tail: needs a CPU fp32/fp64 [B, S, H, D] query, got ", q_BSHD.sizes(),
+              " ", q_BSHD.scalar_type());
+  check_tables(cos_SP, sin_SP, q_BSHD.size(1), q_BSHD);
+  TORCH_CHECK(2 * cos_SP.size(1) <= q_BSHD.size(3), "fused_rope_tail: ", 2 * cos_SP.size(1),
+              " rope dims exceed the head dim ", q_BSHD.size(3));
+  return RopeTailFn::apply(q_BSHD, cos_SP, sin_SP);
+}
+
+torch::Tensor fused_mla_key(const torch::Tensor& k_nope_BSHN,
+                            const torch::Tensor& k_rope_BSR,
+                            const torch::Tensor& cos_SP,
+                            const torch::Tensor& sin_SP) {
+  TORCH_CHECK(cpu_fused_applies(k_nope_BSHN) && k_nope_BSHN.dim() == 4 && k_rope_BSR.dim() == 3,
+              "fused_mla_key: needs CPU fp32/fp64 k_nope [B, S, H, N] and k_rope [B, S, R], got ",
+              k_nope_BSHN.sizes(), " and ", k_rope_BSR.sizes());
+  TORCH_CHECK(k_rope_BSR.scalar_type() == k_nope_BSHN.scalar_type() &&
+                  k_rope_BSR.size(0) == k_nope_BSHN.size(0) &&
+                  k_rope_BSR.size(1) == k_nope_BSHN.size(1),
+              "fused_mla_key: k_rope ", k_rope_BSR.sizes(), " ", k_rope_BSR.scalar_type(),
+              " does not match k_nope ", k_nope_BSHN.sizes(), " ", k_nope_BSHN.scalar_type());
+  check_tables(cos_SP, sin_SP, k_nope_BSHN.size(1), k_nope_BSHN);
+  TORCH_CHECK(2 * cos_SP.size(1) == k_rope_BSR.size(2), "fused_mla_key: k_rope has ",
+              k_rope_BSR.size(2), " dims, the tables ", 2 * cos_SP.size(1));
+  return MLAKeyFn::apply(k_nope_BSHN, k_rope_BSR, cos_SP, sin_SP);
+}
+
+}  // namespace condensa::model

@@ -1,0 +1,48 @@
+// Fused CPU kernels for the element-wise parts of a block: RMSNorm, MLA's rope applied while
+// assembling the query and key heads, and SwiGLU's product.
+//
+// Key design choice: each is one autograd function whose forward and backward are single
+// passes over contiguous rows. The ATen compositions they replace (layers.cpp: upcast, square,
+// mean, rsqrt, two products; rope as strided pair products, a stack and a concatenation per
+// tensor) run 6-10 passes in backward, several of them over strided views, which took about
+// 6% of a one-thread training step on the d512 shape (docs/performance.md). The compositions
+// stay as the reference: they serve every other device and dtype, and the tests compare the
+// two (tests/unit/model/cpu_fused_test.cpp).
+//
+// Shape legend: B batch, S sequence, H heads, N nope dims, R rope dims (P = R/2 pairs).
+#pragma once
+
+#include <torch/torch.h>
+
+namespace condensa::model {
+
+// True when the fused kernels take x: a CPU tensor in fp32 or fp64 (bf16 under CPU autocast
+// and every CUDA tensor use the ATen compositions).
+bool cpu_fused_applies(const torch::Tensor& x);
+
+// RMSNorm over the last dim: y = x * rsqrt(mean(x^2) + eps) * w, in x's dtype. x [..., D] with a
+// unit stride in the last dim or any layout (copied once then); w [D].
+torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps);
+
+// q [B, S, H, N+R] -> a new [B, S, H, N+R]: the first N dims copied, the trailing R dims
+// rotated as interleaved pairs (2i, 2i+1) by cos/sin [S, P] (the rows of the positions).
+torch::Tensor fused_rope_tail(const torch::Tensor& q_BSHD,
+                              const torch::Tensor& cos_SP,
+                              const torch::Tensor& sin_SP);
+
+// MLA's key heads: k_nope [B, S, H, N] and one shared rope key k_rope [B, S, R] (not yet
+// rotated) -> [B, S, H, N+R] = cat(k_nope, rope(k_rope) for every head).
+torch::Tensor fused_mla_key(const torch::Tensor& k_nope_BSHN,
+                            const torch::Tensor& k_rope_BSR,
+                            const torch::Tensor& cos_SP,
+                            const torch::Tensor& sin_SP);
+
+// SwiGLU's product h = silu(g) * u, element-wise over same-shape contiguous CPU fp32/fp64
+// tensors, in one pass (no autograd: the experts' autograd function calls it).
+torch::Tensor fused_swiglu(const torch::Tensor& g, const torch::Tensor& u);
+// Its gradients from dh, in one pass: {dg, du} = {dh u s (1 + g (1 - s)), dh g s}, s = sigmoid(g).
+std::pair<torch::Tensor, torch::Tensor> fused_swiglu_backward(const torch::Tensor& g,
+                                                              const torch::Tensor& u,
+                                                              const torch::Tensor& dh);
+
+}  // namespace condensa::model
