@@ -3,11 +3,15 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
+#include <dlfcn.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "model/cpu_vec.h"
 
@@ -84,10 +88,80 @@ T softmax_row(T* s, int64_t valid, int64_t e, T scale) {
   return m + std::log(l);
 }
 
-// [S, D] view of head h of batch b in a [B, S, H, D] tensor (row stride H * D).
-torch::Tensor head(const torch::Tensor& t, int64_t b, int64_t h) {
-  return t.select(0, b).select(1, h);
+// ---- products on raw pointers -------------------------------------------------------------
+// A forward and backward call make 7 products per (batch, head, query block): 7,168 per step on
+// the d512 shape. Through at::mm_out each one also costs a dispatch, shape checks and the
+// narrow/select/transpose views that describe its operands; the BLAS's own gemm takes pointers
+// and leading dimensions. LibTorch links a BLAS that exports the Fortran `sgemm_`/`dgemm_` (MKL
+// in the x86-64 wheels); where the loaded libraries have none, the products go through
+// at::mm_out on tensors over the same memory.
+
+template <typename T>
+using FortranGemm = void (*)(const char*,
+                             const char*,
+                             const int*,
+                             const int*,
+                             const int*,
+                             const T*,
+                             const T*,
+                             const int*,
+                             const T*,
+                             const int*,
+                             const T*,
+                             T*,
+                             const int*);
+
+std::atomic<bool> g_force_aten_products{false};
+
+template <typename T>
+FortranGemm<T> fortran_gemm() {
+  static const auto fn = reinterpret_cast<FortranGemm<T>>(
+      dlsym(RTLD_DEFAULT, std::is_same_v<T, float> ? "sgemm_" : "dgemm_"));
+  return g_force_aten_products.load(std::memory_order_relaxed) ? nullptr : fn;
 }
+
+// Row-major C[m, n] = alpha op(A) op(B) + beta C, op(A) [m, k] and op(B) [k, n]; A, B and C have
+// unit column stride and row strides lda, ldb, ldc; ta/tb: A is stored [k, m] / B is [n, k].
+// (The column-major BLAS computes the transpose: C^T = op(B)^T op(A)^T.)
+template <typename T>
+void gemm_rows(bool ta,
+               bool tb,
+               int64_t m,
+               int64_t n,
+               int64_t k,
+               T alpha,
+               const T* A,
+               int64_t lda,
+               const T* B,
+               int64_t ldb,
+               T beta,
+               T* C,
+               int64_t ldc) {
+  if (auto gemm = fortran_gemm<T>()) {
+    const char opb = tb ? 'T' : 'N', opa = ta ? 'T' : 'N';
+    const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+    const int LB = static_cast<int>(ldb), LA = static_cast<int>(lda), LC = static_cast<int>(ldc);
+    gemm(&opb, &opa, &M, &N, &K, &alpha, B, &LB, A, &LA, &beta, C, &LC);
+    return;
+  }
+  const auto opts = torch::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t ld, bool t) {
+    auto x = torch::from_blob(const_cast<T*>(p), {t ? cols : rows, t ? rows : cols}, {ld, 1}, opts);
+    return t ? x.t() : x;
+  };
+  auto c = torch::from_blob(C, {m, n}, {ldc, 1}, opts);
+  c.addmm_(view(A, m, k, lda, ta), view(B, k, n, ldb, tb), beta, alpha);
+}
+
+// Head (b, h) of a [B, S, H, D] tensor with a unit last stride: its first row and row stride.
+template <typename T>
+struct HeadRows {
+  T* p;
+  int64_t ld;
+  HeadRows(const torch::Tensor& t, int64_t b, int64_t h)
+      : p(t.data_ptr<T>() + b * t.stride(0) + h * t.stride(2)), ld(t.stride(1)) {}
+  T* row(int64_t i) const { return p + i * ld; }
+};
 
 torch::Tensor unit_last_stride(const torch::Tensor& t) {
   return t.stride(-1) == 1 ? t : t.contiguous();
@@ -100,26 +174,25 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
                                const torch::Tensor& v_in,
                                double scale) {
     auto q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
-    const int64_t B = q.size(0), S = q.size(1), H = q.size(2), Dv = v.size(3);
+    const int64_t B = q.size(0), S = q.size(1), H = q.size(2), Dqk = q.size(3), Dv = v.size(3);
     auto out = torch::empty({B, S, H, Dv}, v.options());
     auto lse = torch::empty({B * H, S}, q.options());
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "cpu_causal_attention", [&] {
       scalar_t* lse_p = lse.data_ptr<scalar_t>();
+      const auto sc = static_cast<scalar_t>(scale);
       at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-        auto scratch = torch::empty({kQueryBlock * S}, q.options());
+        std::vector<scalar_t> scratch(kQueryBlock * S);
+        scalar_t* p = scratch.data();
         for (int64_t bh = begin; bh < end; ++bh) {
           const int64_t b = bh / H, h = bh % H;
-          auto Q = head(q, b, h), K = head(k, b, h), V = head(v, b, h), O = head(out, b, h);
+          const HeadRows<scalar_t> Q(q, b, h), K(k, b, h), V(v, b, h), O(out, b, h);
           for (int64_t i0 = 0; i0 < S; i0 += kQueryBlock) {
             const int64_t n = std::min(kQueryBlock, S - i0), e = i0 + n;
-            auto P = scratch.narrow(0, 0, n * e).view({n, e});
-            at::mm_out(P, Q.narrow(0, i0, n), K.narrow(0, 0, e).t());
-            scalar_t* p = P.data_ptr<scalar_t>();
+            // P [n, e] = Q_blk K[0, e)^T, softmaxed row by row; O_blk = P V[0, e).
+            gemm_rows<scalar_t>(false, true, n, e, Dqk, 1, Q.row(i0), Q.ld, K.p, K.ld, 0, p, e);
             for (int64_t r = 0; r < n; ++r)
-              lse_p[bh * S + i0 + r] =
-                  softmax_row(p + r * e, i0 + r + 1, e, static_cast<scalar_t>(scale));
-            auto O_blk = O.narrow(0, i0, n);
-            at::mm_out(O_blk, P, V.narrow(0, 0, e));
+              lse_p[bh * S + i0 + r] = softmax_row(p + r * e, i0 + r + 1, e, sc);
+            gemm_rows<scalar_t>(false, false, n, Dv, e, 1, p, e, V.p, V.ld, 0, O.row(i0), O.ld);
           }
         }
       });
@@ -134,54 +207,48 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
     const auto &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
     const double scale = ctx->saved_data["scale"].toDouble();
     auto dout = unit_last_stride(grads[0].to(out.scalar_type()));
-    const int64_t B = q.size(0), S = q.size(1), H = q.size(2), Dv = v.size(3);
+    const int64_t B = q.size(0), S = q.size(1), H = q.size(2), Dqk = q.size(3), Dv = v.size(3);
     auto dq = torch::empty(q.sizes(), q.options());
     auto dk = torch::zeros(k.sizes(), k.options()), dv = torch::zeros(v.sizes(), v.options());
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "cpu_causal_attention_backward", [&] {
       const scalar_t* lse_p = lse.data_ptr<scalar_t>();
       const auto sc = static_cast<scalar_t>(scale);
       at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-        auto p_buf = torch::empty({kQueryBlock * S}, q.options());
-        auto ds_buf = torch::empty({kQueryBlock * S}, q.options());
+        std::vector<scalar_t> p_buf(kQueryBlock * S), ds_buf(kQueryBlock * S);
+        scalar_t* p = p_buf.data();
+        scalar_t* ds = ds_buf.data();
         for (int64_t bh = begin; bh < end; ++bh) {
           const int64_t b = bh / H, h = bh % H;
-          auto Q = head(q, b, h), K = head(k, b, h), V = head(v, b, h), O = head(out, b, h);
-          auto dO = head(dout, b, h), dQ = head(dq, b, h), dK = head(dk, b, h);
-          auto dV = head(dv, b, h);
-          const scalar_t* o_p = O.data_ptr<scalar_t>();
-          const scalar_t* do_p = dO.data_ptr<scalar_t>();
+          const HeadRows<scalar_t> Q(q, b, h), K(k, b, h), V(v, b, h), O(out, b, h);
+          const HeadRows<scalar_t> dO(dout, b, h), dQ(dq, b, h), dK(dk, b, h), dV(dv, b, h);
           for (int64_t i0 = 0; i0 < S; i0 += kQueryBlock) {
             const int64_t n = std::min(kQueryBlock, S - i0), e = i0 + n;
-            auto Q_blk = Q.narrow(0, i0, n), dO_blk = dO.narrow(0, i0, n);
             // P recomputed from the log-sum-exp; masked keys are 0.
-            auto P = p_buf.narrow(0, 0, n * e).view({n, e});
-            at::mm_out(P, Q_blk, K.narrow(0, 0, e).t());
-            scalar_t* p = P.data_ptr<scalar_t>();
+            gemm_rows<scalar_t>(false, true, n, e, Dqk, 1, Q.row(i0), Q.ld, K.p, K.ld, 0, p, e);
             for (int64_t r = 0; r < n; ++r) {
               scalar_t* row = p + r * e;
               const int64_t valid = i0 + r + 1;
-              const scalar_t m = lse_p[bh * S + i0 + r];
-              exp_affine(row, valid, sc, m);
+              exp_affine(row, valid, sc, lse_p[bh * S + i0 + r]);
               for (int64_t j = valid; j < e; ++j) row[j] = 0;
             }
-            dV.narrow(0, 0, e).addmm_(P.t(), dO_blk);
-            // dS = P * (dP - rowsum(dO * O)) * scale, with dP = dO V^T.
-            auto dS = ds_buf.narrow(0, 0, n * e).view({n, e});
-            at::mm_out(dS, dO_blk, V.narrow(0, 0, e).t());
-            scalar_t* ds = dS.data_ptr<scalar_t>();
+            // dV[0, e) += P^T dO_blk.
+            gemm_rows<scalar_t>(true, false, e, Dv, n, 1, p, e, dO.row(i0), dO.ld, 1, dV.p, dV.ld);
+            // dS = P * (dP - rowsum(dO * O)), with dP = dO V^T; the scale goes into the products.
+            gemm_rows<scalar_t>(false, true, n, e, Dv, 1, dO.row(i0), dO.ld, V.p, V.ld, 0, ds, e);
             for (int64_t r = 0; r < n; ++r) {
-              const scalar_t* o_row = o_p + (i0 + r) * O.stride(0);
-              const scalar_t* do_row = do_p + (i0 + r) * dO.stride(0);
+              const scalar_t* o_row = O.row(i0 + r);
+              const scalar_t* do_row = dO.row(i0 + r);
               double dot = 0;
               for (int64_t j = 0; j < Dv; ++j) dot += static_cast<double>(o_row[j]) * do_row[j];
               const auto d = static_cast<scalar_t>(dot);
               scalar_t* __restrict ds_row = ds + r * e;
               const scalar_t* __restrict p_row = p + r * e;
-              for (int64_t j = 0; j < e; ++j) ds_row[j] = p_row[j] * (ds_row[j] - d) * sc;
+              for (int64_t j = 0; j < e; ++j) ds_row[j] = p_row[j] * (ds_row[j] - d);
             }
-            auto dQ_blk = dQ.narrow(0, i0, n);
-            at::mm_out(dQ_blk, dS, K.narrow(0, 0, e));
-            dK.narrow(0, 0, e).addmm_(dS.t(), Q_blk);
+            // dQ_blk = scale dS K[0, e); dK[0, e) += scale dS^T Q_blk.
+            gemm_rows<scalar_t>(false, false, n, Dqk, e, sc, ds, e, K.p, K.ld, 0, dQ.row(i0),
+                                dQ.ld);
+            gemm_rows<scalar_t>(true, false, e, Dqk, n, sc, ds, e, Q.row(i0), Q.ld, 1, dK.p, dK.ld);
           }
         }
       });
@@ -191,6 +258,10 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
 };
 
 }  // namespace
+
+void cpu_attention_force_aten_products(bool force) { g_force_aten_products = force; }
+
+bool cpu_attention_uses_blas_gemm() { return fortran_gemm<float>() && fortran_gemm<double>(); }
 
 bool cpu_attention_applies(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
   const auto t = q.scalar_type();

@@ -28,4 +28,10 @@ torch::Tensor cpu_causal_attention(const torch::Tensor& q,
                                    const torch::Tensor& v,
                                    double scale);
 
+// The kernel's products call the BLAS's Fortran gemm (`sgemm_`/`dgemm_`, found in the loaded
+// libraries) on raw pointers, or at::mm_out where there is none. Whether the BLAS is used, and,
+// for tests, a switch to force the at::mm_out path.
+bool cpu_attention_uses_blas_gemm();
+void cpu_attention_force_aten_products(bool force);
+
 }  // namespace condensa::model

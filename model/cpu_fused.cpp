@@ -293,6 +293,83 @@ void check_swiglu(const std::vector<torch::Tensor>& ts) {
                 ts[0].scalar_type());
 }
 
+// ---- MoE combine ---------------------------------------------------------------------------
+
+constexpr int64_t kColumnGrain = 64;
+
+// sum_j a[j] b[j] with eight independent partial sums (which compile to vector lanes; one
+// running sum would be a chain of dependent adds), then the tail.
+template <typename T>
+inline T dot_lanes(const T* a, const T* b, int64_t n) {
+  T acc[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += a[j + k] * b[j + k];
+  T sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; j < n; ++j) sum += a[j] * b[j];
+  return sum;
+}  // columns per parallel task in the scatter (no races)
+
+struct WeightedCombineFn : torch::autograd::Function<WeightedCombineFn> {
+  static torch::Tensor forward(AutogradContext* ctx,
+                               const torch::Tensor& y_ND,
+                               const torch::Tensor& token_N,
+                               const torch::Tensor& prob_N,
+                               int64_t num_tokens) {
+    const int64_t N = y_ND.size(0), D = y_ND.size(1);
+    auto y = y_ND.contiguous();
+    auto token = token_N.contiguous();
+    auto p = prob_N.to(y.scalar_type()).contiguous();
+    auto out = torch::zeros({num_tokens, D}, y.options());
+    AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fused_weighted_combine", [&] {
+      const scalar_t* yp = y.data_ptr<scalar_t>();
+      const scalar_t* pp = p.data_ptr<scalar_t>();
+      const int64_t* tp = token.data_ptr<int64_t>();
+      scalar_t* op = out.data_ptr<scalar_t>();
+      at::parallel_for(0, D, kColumnGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t r = 0; r < N; ++r) {
+          const scalar_t w = pp[r];
+          const scalar_t* yr = yp + r * D;
+          scalar_t* o = op + tp[r] * D;
+          for (int64_t j = begin; j < end; ++j) o[j] += w * yr[j];
+        }
+      });
+    });
+    ctx->save_for_backward({y, token, p});
+    ctx->saved_data["prob_dtype"] = static_cast<int64_t>(prob_N.scalar_type());
+    return out;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &y = saved[0], &token = saved[1], &p = saved[2];
+    const int64_t N = y.size(0), D = y.size(1);
+    auto g = grads[0].to(y.scalar_type()).contiguous();
+    auto dy = torch::empty_like(y);
+    auto dp = torch::empty({N}, y.options());
+    AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fused_weighted_combine_backward", [&] {
+      const scalar_t* yp = y.data_ptr<scalar_t>();
+      const scalar_t* pp = p.data_ptr<scalar_t>();
+      const int64_t* tp = token.data_ptr<int64_t>();
+      const scalar_t* gp = g.data_ptr<scalar_t>();
+      scalar_t* dyp = dy.data_ptr<scalar_t>();
+      scalar_t* dpp = dp.data_ptr<scalar_t>();
+      at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const scalar_t w = pp[r];
+          const scalar_t* gr = gp + tp[r] * D;
+          const scalar_t* yr = yp + r * D;
+          scalar_t* dyr = dyp + r * D;
+          for (int64_t j = 0; j < D; ++j) dyr[j] = w * gr[j];
+          dpp[r] = dot_lanes(gr, yr, D);
+        }
+      });
+    });
+    const auto prob_dtype = static_cast<at::ScalarType>(ctx->saved_data["prob_dtype"].toInt());
+    return {dy, torch::Tensor(), dp.to(prob_dtype), torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 torch::Tensor fused_swiglu(const torch::Tensor& g, const torch::Tensor& u) {
@@ -369,6 +446,27 @@ torch::Tensor fused_mla_key(const torch::Tensor& k_nope_BSHN,
   TORCH_CHECK(2 * cos_SP.size(1) == k_rope_BSR.size(2), "fused_mla_key: k_rope has ",
               k_rope_BSR.size(2), " dims, the tables ", 2 * cos_SP.size(1));
   return MLAKeyFn::apply(k_nope_BSHN, k_rope_BSR, cos_SP, sin_SP);
+}
+
+torch::Tensor fused_weighted_combine(const torch::Tensor& y_ND,
+                                     const torch::Tensor& token_N,
+                                     const torch::Tensor& prob_N,
+                                     int64_t num_tokens) {
+  TORCH_CHECK(cpu_fused_applies(y_ND) && y_ND.dim() == 2,
+              "fused_weighted_combine: needs a CPU fp32/fp64 [N, D] y, got ", y_ND.sizes(), " ",
+              y_ND.scalar_type(), " on ", y_ND.device());
+  TORCH_CHECK(token_N.dim() == 1 && token_N.scalar_type() == torch::kInt64 &&
+                  token_N.size(0) == y_ND.size(0) && prob_N.dim() == 1 &&
+                  prob_N.size(0) == y_ND.size(0) && at::isFloatingType(prob_N.scalar_type()),
+              "fused_weighted_combine: token ", token_N.sizes(), " ", token_N.scalar_type(),
+              " and prob ", prob_N.sizes(), " ", prob_N.scalar_type(),
+              " must be int64 and floating vectors of y's ", y_ND.size(0), " rows");
+  if (token_N.numel() > 0) {
+    const auto lo = token_N.min().item<int64_t>(), hi = token_N.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < num_tokens, "fused_weighted_combine: token index ",
+                lo < 0 ? lo : hi, " is outside [0, ", num_tokens, ")");
+  }
+  return WeightedCombineFn::apply(y_ND, token_N, prob_N, num_tokens);
 }
 
 }  // namespace condensa::model

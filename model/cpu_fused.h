@@ -45,4 +45,15 @@ std::pair<torch::Tensor, torch::Tensor> fused_swiglu_backward(const torch::Tenso
                                                               const torch::Tensor& u,
                                                               const torch::Tensor& dh);
 
+// The MoE combine: out [T, D] with out[token[r]] += prob[r] * y[r] for every row r of y [N, D]
+// (token [N] int64 in [0, T), prob [N] floating; y contiguous CPU fp32/fp64). One autograd
+// function: backward gives dy[r] = prob[r] dout[token[r]] and dprob[r] = <dout[token[r]], y[r]>
+// in single passes, where the ATen composition (dispatcher.cpp's reference: a weighted copy of
+// y, index_add, and in backward index_select, two products and a row sum) makes four [N, D]
+// temporaries. Rows are added to a token in row order, as index_add does.
+torch::Tensor fused_weighted_combine(const torch::Tensor& y_ND,
+                                     const torch::Tensor& token_N,
+                                     const torch::Tensor& prob_N,
+                                     int64_t num_tokens);
+
 }  // namespace condensa::model

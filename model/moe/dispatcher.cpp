@@ -1,5 +1,7 @@
 #include "model/moe/dispatcher.h"
 
+#include "model/cpu_fused.h"
+
 namespace condensa::model {
 namespace {
 struct LocalHandle : DispatchHandle {
@@ -36,6 +38,15 @@ torch::Tensor unpermute_weighted(const torch::Tensor& y_ND,
                                  const torch::Tensor& token_of_row,
                                  const torch::Tensor& prob_of_row,
                                  int64_t num_tokens) {
+  if (cpu_fused_applies(y_ND))
+    return fused_weighted_combine(y_ND, token_of_row, prob_of_row, num_tokens);
+  return unpermute_weighted_reference(y_ND, token_of_row, prob_of_row, num_tokens);
+}
+
+torch::Tensor unpermute_weighted_reference(const torch::Tensor& y_ND,
+                                           const torch::Tensor& token_of_row,
+                                           const torch::Tensor& prob_of_row,
+                                           int64_t num_tokens) {
   auto weighted = y_ND * prob_of_row.to(y_ND.scalar_type()).unsqueeze(1);
   auto out = torch::zeros({num_tokens, y_ND.size(1)}, y_ND.options());
   return out.index_add(0, token_of_row, weighted);

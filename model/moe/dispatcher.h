@@ -88,10 +88,16 @@ PermutationPlan plan_permutation(const torch::Tensor& topk_idx_TK,
                                  bool may_drop = true);
 // Rows per expert [num_experts] on the device, without a host sync (unlike bincount).
 torch::Tensor count_rows(const torch::Tensor& expert_of_row, int64_t first, int64_t num_experts);
-// sum over rows of y * prob into their tokens: [N, D] -> [T, D].
+// sum over rows of y * prob into their tokens: [N, D] -> [T, D]. CPU fp32/fp64 y goes through
+// fused_weighted_combine (cpu_fused.h); everything else through the reference below.
 torch::Tensor unpermute_weighted(const torch::Tensor& y_ND,
                                  const torch::Tensor& token_of_row,
                                  const torch::Tensor& prob_of_row,
                                  int64_t num_tokens);
+// The ATen composition: y * prob, then index_add into zeros.
+torch::Tensor unpermute_weighted_reference(const torch::Tensor& y_ND,
+                                           const torch::Tensor& token_of_row,
+                                           const torch::Tensor& prob_of_row,
+                                           int64_t num_tokens);
 
 }  // namespace condensa::model

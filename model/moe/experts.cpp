@@ -23,6 +23,8 @@ torch::Tensor swiglu(const torch::Tensor& g, const torch::Tensor& u) {
 // instead (unbind the weights, split the rows, cat the outputs) makes backward stack the weight
 // gradients and concatenate the row gradients, full copies of both per layer; and autograd's
 // mm(x, w.t()) returns each weight gradient as a transposed view, so that stack is strided.
+// Forward keeps x, the gate and up products and SwiGLU's output h (the down product's input,
+// which its weight gradient needs first in backward), as autograd would for the composition.
 // Products run in the autocast dtype when autocast is on for x's device (cast explicitly here,
 // then below autocast); gradients come back in the inputs' dtypes.
 struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
@@ -57,7 +59,7 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       auto y_e = y_MD.narrow(0, o, rows[e]);
       at::mm_out(y_e, h_MF.narrow(0, o, rows[e]), down[e].t());
     }
-    ctx->save_for_backward({x, gate, up, down, g_MF, u_MF});
+    ctx->save_for_backward({x, gate, up, down, g_MF, u_MF, h_MF});
     ctx->saved_data["rows"] = rows;
     ctx->saved_data["dtypes"] = std::vector<int64_t>{
         static_cast<int64_t>(x_ND.scalar_type()), static_cast<int64_t>(gate_EFD.scalar_type()),
@@ -68,13 +70,12 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto &x = saved[0], &gate = saved[1], &up = saved[2], &down = saved[3];
-    const auto &g_MF = saved[4], &u_MF = saved[5];
+    const auto &g_MF = saved[4], &u_MF = saved[5], &h_MF = saved[6];
     const auto rows = ctx->saved_data["rows"].toIntVector();
     const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
     const int64_t E = gate.size(0);
     auto dy_MD = grads[0].defined() ? grads[0].to(x.scalar_type()).contiguous()
                                     : torch::zeros({g_MF.size(0), x.size(1)}, x.options());
-    auto h_MF = swiglu(g_MF, u_MF);
     auto dgate = torch::empty_like(gate), dup = torch::empty_like(up);
     auto ddown = torch::empty_like(down), dh_MF = torch::empty_like(g_MF);
     for (int64_t e = 0, o = 0; e < E; o += rows[e], ++e) {

@@ -155,34 +155,50 @@ TEST(FusedAttention, DecodingWithCacheMatchesFullSequence) {
 
 // condensa's CPU kernel on several query blocks (150 = 64 + 64 + 22 rows), a strided v (a split
 // view, as in MLA), fp32 and fp64, one and two threads: outputs and q/k/v gradients.
+// Both ways of running the products: the BLAS's gemm on pointers (where the libraries export
+// one, as LibTorch's x86-64 builds do) and at::mm_out.
 TEST(CpuAttention, MatchesExplicitAcrossBlocksDtypesAndThreads) {
   const int saved_threads = at::get_num_threads();
-  for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
-    for (int threads : {1, 2}) {
-      at::set_num_threads(threads);
-      torch::manual_seed(11);
-      auto q = torch::randn({2, 150, 3, 12}, dtype), k = torch::randn({2, 150, 3, 12}, dtype);
-      auto kv = torch::randn({2, 150, 3, 20}, dtype);
-      auto upstream = torch::randn({2, 150, 3, 8}, dtype);
-      auto grads = [&](bool fused) {
-        auto qg = q.clone().requires_grad_(), kg = k.clone().requires_grad_();
-        auto kvg = kv.clone().requires_grad_();
-        auto v = kvg.narrow(-1, 12, 8);
-        EXPECT_TRUE(!fused || cpu_attention_applies(qg, kg, v));
-        auto out =
-            fused ? cpu_causal_attention(qg, kg, v, 0.29) : causal_attention(qg, kg, v, 0.29, 0);
-        (out * upstream).sum().backward();
-        return std::vector<torch::Tensor>{out.detach(), qg.grad(), kg.grad(), kvg.grad()};
-      };
-      auto ref = grads(false), got = grads(true);
-      const double tol = dtype == torch::kFloat64 ? 1e-12 : 1e-5;
-      const char* names[] = {"output", "dq", "dk", "dv"};
-      for (int i = 0; i < 4; ++i)
-        EXPECT_LT(max_rel_diff(got[i], ref[i]), tol)
-            << names[i] << " " << dtype << " threads " << threads;
+  for (bool aten_products : {false, true}) {
+    cpu_attention_force_aten_products(aten_products);
+    if (aten_products) EXPECT_FALSE(cpu_attention_uses_blas_gemm()) << "forced off";
+    for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
+      for (int threads : {1, 2}) {
+        at::set_num_threads(threads);
+        torch::manual_seed(11);
+        auto q = torch::randn({2, 150, 3, 12}, dtype), k = torch::randn({2, 150, 3, 12}, dtype);
+        auto kv = torch::randn({2, 150, 3, 20}, dtype);
+        auto upstream = torch::randn({2, 150, 3, 8}, dtype);
+        auto grads = [&](bool fused) {
+          auto qg = q.clone().requires_grad_(), kg = k.clone().requires_grad_();
+          auto kvg = kv.clone().requires_grad_();
+          auto v = kvg.narrow(-1, 12, 8);
+          EXPECT_TRUE(!fused || cpu_attention_applies(qg, kg, v));
+          auto out =
+              fused ? cpu_causal_attention(qg, kg, v, 0.29) : causal_attention(qg, kg, v, 0.29, 0);
+          (out * upstream).sum().backward();
+          return std::vector<torch::Tensor>{out.detach(), qg.grad(), kg.grad(), kvg.grad()};
+        };
+        auto ref = grads(false), got = grads(true);
+        const double tol = dtype == torch::kFloat64 ? 1e-12 : 1e-5;
+        const char* names[] = {"output", "dq", "dk", "dv"};
+        for (int i = 0; i < 4; ++i)
+          EXPECT_LT(max_rel_diff(got[i], ref[i]), tol)
+              << names[i] << " " << dtype << " threads " << threads << " aten " << aten_products;
+      }
     }
   }
+  cpu_attention_force_aten_products(false);
   at::set_num_threads(saved_threads);
+}
+
+TEST(CpuAttention, UsesTheBlasGemmOfLibTorchsX86Build) {
+#if defined(__x86_64__)
+  EXPECT_TRUE(cpu_attention_uses_blas_gemm())
+      << "no sgemm_/dgemm_ in the loaded libraries: the kernel falls back to at::mm_out";
+#else
+  GTEST_SKIP() << "only LibTorch's x86-64 builds are known to export the BLAS";
+#endif
 }
 
 TEST(CpuAttention, RejectsMixedDtypesAndShapesWithTheirValues) {

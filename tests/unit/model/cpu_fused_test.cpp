@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "model/layers.h"
+#include "model/moe/dispatcher.h"
 
 using namespace condensa::model;
 
@@ -226,4 +227,42 @@ TEST_P(CpuFused, MLPMatchesItsLinearReference) {
   };
   auto ref = run(true), got = run(false);
   expect_close(got, ref, tolerance(dtype()) * 2, "mlp");
+}
+
+// The MoE combine against dispatcher.cpp's composition: 203 rows (many tokens take several
+// rows, some none), D = 70 (eight-lane blocks and a tail; 2 threads split the columns), fp32
+// router probabilities under an fp64 y as well. Output, dy and dprob.
+TEST_P(CpuFused, WeightedCombineMatchesIndexAddOfWeightedRows) {
+  torch::manual_seed(10);
+  const int64_t N = 203, D = 70, T = 90;
+  auto y = torch::randn({N, D}, dtype());
+  auto token = torch::randint(0, T - 5, {N}, torch::kInt64);  // the last 5 tokens get no row
+  auto prob = torch::rand({N}, torch::kFloat32);
+  auto combine = [&](bool reference) {
+    return [&, reference](const std::vector<torch::Tensor>& in) {
+      return reference ? condensa::model::unpermute_weighted_reference(in[0], token, in[1], T)
+                       : fused_weighted_combine(in[0], token, in[1], T);
+    };
+  };
+  auto ref = output_and_grads(combine(true), {y, prob});
+  auto got = output_and_grads(combine(false), {y, prob});
+  ASSERT_EQ(got[2].scalar_type(), torch::kFloat32) << "dprob must come back in prob's dtype";
+  // The reference computes y * prob in y's dtype; fp32 prob limits fp64's agreement on dprob.
+  expect_close({got[0], got[1]}, {ref[0], ref[1]}, tolerance(dtype()) * 2, "combine");
+  expect_close({got[2]}, {ref[2]}, 1e-5, "combine dprob");
+  EXPECT_EQ(got[0].slice(0, T - 5).abs().max().item<double>(), 0.0) << "tokens without rows";
+  // unpermute_weighted takes the fused path here.
+  auto via = condensa::model::unpermute_weighted(y, token, prob, T);
+  EXPECT_LT(max_rel_diff(via, ref[0]), tolerance(dtype()) * 2);
+}
+
+TEST(CpuFusedErrors, WeightedCombineNamesTheBadTokenIndex) {
+  try {
+    fused_weighted_combine(torch::randn({3, 4}), torch::tensor({0, 7, 1}, torch::kInt64),
+                           torch::rand({3}), 5);
+    FAIL() << "token 7 of 5 accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token index 7 is outside [0, 5)"), std::string::npos)
+        << e.what();
+  }
 }
