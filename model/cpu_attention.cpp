@@ -26,13 +26,18 @@ using torch::autograd::tensor_list;
 // blocks skip (1 - 1/n_blocks) / 2 of the square.
 constexpr int64_t kQueryBlock = 64;
 
+// The row loops of a block, on floats V of L = sizeof(V) / 4 lanes (v4f or v8f), or on doubles
+// (V = double: scalar code with std::exp).
+
 // x[j] = exp(x[j] * mul - sub) for j < n, where every argument is <= 0.
-inline void exp_affine(float* x, int64_t n, float mul, float sub) {
+template <typename V, typename I>
+CONDENSA_INLINE void exp_affine(float* x, int64_t n, float mul, float sub) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    v4f v;
+  for (; j + L <= n; j += L) {
+    V v;
     std::memcpy(&v, x + j, sizeof(v));
-    v = exp_nonpositive<v4f, v4i>(v * mul - sub);
+    v = exp_nonpositive<V, I>(v * mul - sub);
     std::memcpy(x + j, &v, sizeof(v));
   }
   for (; j < n; ++j) {
@@ -40,24 +45,28 @@ inline void exp_affine(float* x, int64_t n, float mul, float sub) {
     x[j] = exp_nonpositive<v1f, v1i>(v)[0];
   }
 }
-inline void exp_affine(double* x, int64_t n, double mul, double sub) {
+template <typename V, typename I>
+CONDENSA_INLINE void exp_affine(double* x, int64_t n, double mul, double sub) {
   for (int64_t j = 0; j < n; ++j) x[j] = std::exp(x[j] * mul - sub);
 }
 
-inline float row_max(const float* x, int64_t n) {
-  v4f m = v4f{} - std::numeric_limits<float>::infinity();
+template <typename V>
+CONDENSA_INLINE float row_max(const float* x, int64_t n) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
+  V m = V{} - std::numeric_limits<float>::infinity();
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    v4f v;
+  for (; j + L <= n; j += L) {
+    V v;
     std::memcpy(&v, x + j, sizeof(v));
     m = m < v ? v : m;
   }
   float r = -std::numeric_limits<float>::infinity();
-  for (int l = 0; l < 4; ++l) r = m[l] > r ? m[l] : r;
+  for (int l = 0; l < L; ++l) r = m[l] > r ? m[l] : r;
   for (; j < n; ++j) r = x[j] > r ? x[j] : r;
   return r;
 }
-inline double row_max(const double* x, int64_t n) {
+template <typename V>
+CONDENSA_INLINE double row_max(const double* x, int64_t n) {
   double r = -std::numeric_limits<double>::infinity();
   for (int64_t j = 0; j < n; ++j) r = x[j] > r ? x[j] : r;
   return r;
@@ -65,7 +74,7 @@ inline double row_max(const double* x, int64_t n) {
 
 // Sum of x[0..n) with eight independent lanes (vectorizable without reassociation).
 template <typename T>
-T row_sum(const T* x, int64_t n) {
+CONDENSA_INLINE T row_sum(const T* x, int64_t n) {
   T s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8)
@@ -74,18 +83,105 @@ T row_sum(const T* x, int64_t n) {
   return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
-// Raw scores s[0..e) of one query row -> probabilities, in place: keys [0, valid) are softmaxed
-// with the scores scaled by `scale` (> 0), keys [valid, e) are masked to 0. Returns the
-// log-sum-exp of the scaled scores.
+// Raw scores p [n, e] of the query rows i0..i0+n -> probabilities, in place: row r softmaxes
+// keys [0, i0 + r] with the scores scaled by `scale` (> 0) and masks the rest to 0; lse[r] gets
+// the log-sum-exp of its scaled scores.
+template <typename V, typename I, typename T>
+CONDENSA_INLINE void softmax_rows(T* p, int64_t n, int64_t e, int64_t i0, T scale, T* lse) {
+  for (int64_t r = 0; r < n; ++r) {
+    T* s = p + r * e;
+    const int64_t valid = i0 + r + 1;
+    const T m = row_max<V>(s, valid) * scale;
+    exp_affine<V, I>(s, valid, scale, m);
+    const T l = row_sum(s, valid);
+    const T inv = T(1) / l;
+    for (int64_t j = 0; j < valid; ++j) s[j] *= inv;
+    for (int64_t j = valid; j < e; ++j) s[j] = 0;
+    lse[r] = m + std::log(l);
+  }
+}
+
+// Backward's recomputation: raw scores p [n, e] -> exp(score * scale - lse[r]), masked keys 0.
+template <typename V, typename I, typename T>
+CONDENSA_INLINE void exp_rows(T* p, int64_t n, int64_t e, int64_t i0, T scale, const T* lse) {
+  for (int64_t r = 0; r < n; ++r) {
+    T* row = p + r * e;
+    const int64_t valid = i0 + r + 1;
+    exp_affine<V, I>(row, valid, scale, lse[r]);
+    for (int64_t j = valid; j < e; ++j) row[j] = 0;
+  }
+}
+
+// dS [n, e] = P * (dP - rowsum(dO * O)) in place of dP, with O and dO rows of Dv values at
+// strides ldo and lddo.
 template <typename T>
-T softmax_row(T* s, int64_t valid, int64_t e, T scale) {
-  const T m = row_max(s, valid) * scale;
-  exp_affine(s, valid, scale, m);
-  const T l = row_sum(s, valid);
-  const T inv = T(1) / l;
-  for (int64_t j = 0; j < valid; ++j) s[j] *= inv;
-  for (int64_t j = valid; j < e; ++j) s[j] = 0;
-  return m + std::log(l);
+CONDENSA_INLINE void ds_rows(T* ds,
+                             const T* p,
+                             int64_t n,
+                             int64_t e,
+                             const T* o,
+                             int64_t ldo,
+                             const T* d_o,
+                             int64_t lddo,
+                             int64_t Dv) {
+  for (int64_t r = 0; r < n; ++r) {
+    const T* o_row = o + r * ldo;
+    const T* do_row = d_o + r * lddo;
+    double dot = 0;
+    for (int64_t j = 0; j < Dv; ++j) dot += static_cast<double>(o_row[j]) * do_row[j];
+    const auto d = static_cast<T>(dot);
+    T* __restrict ds_row = ds + r * e;
+    const T* __restrict p_row = p + r * e;
+    for (int64_t j = 0; j < e; ++j) ds_row[j] = p_row[j] * (ds_row[j] - d);
+  }
+}
+
+// fp32 builds for eight-float registers (cpu_vec.h), and the dispatch to them.
+CONDENSA_AVX2 void softmax_rows_wide(
+    float* p, int64_t n, int64_t e, int64_t i0, float scale, float* lse) {
+  softmax_rows<v8f, v8i>(p, n, e, i0, scale, lse);
+}
+CONDENSA_AVX2 void exp_rows_wide(
+    float* p, int64_t n, int64_t e, int64_t i0, float scale, const float* lse) {
+  exp_rows<v8f, v8i>(p, n, e, i0, scale, lse);
+}
+CONDENSA_AVX2 void ds_rows_wide(float* ds,
+                                const float* p,
+                                int64_t n,
+                                int64_t e,
+                                const float* o,
+                                int64_t ldo,
+                                const float* d_o,
+                                int64_t lddo,
+                                int64_t Dv) {
+  ds_rows(ds, p, n, e, o, ldo, d_o, lddo, Dv);
+}
+
+template <typename T>
+void softmax_block(T* p, int64_t n, int64_t e, int64_t i0, T scale, T* lse) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_vec_wide()) return softmax_rows_wide(p, n, e, i0, scale, lse);
+  softmax_rows<v4f, v4i>(p, n, e, i0, scale, lse);
+}
+template <typename T>
+void exp_block(T* p, int64_t n, int64_t e, int64_t i0, T scale, const T* lse) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_vec_wide()) return exp_rows_wide(p, n, e, i0, scale, lse);
+  exp_rows<v4f, v4i>(p, n, e, i0, scale, lse);
+}
+template <typename T>
+void ds_block(T* ds,
+              const T* p,
+              int64_t n,
+              int64_t e,
+              const T* o,
+              int64_t ldo,
+              const T* d_o,
+              int64_t lddo,
+              int64_t Dv) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_vec_wide()) return ds_rows_wide(ds, p, n, e, o, ldo, d_o, lddo, Dv);
+  ds_rows(ds, p, n, e, o, ldo, d_o, lddo, Dv);
 }
 
 // ---- products on raw pointers -------------------------------------------------------------
@@ -167,6 +263,30 @@ torch::Tensor unit_last_stride(const torch::Tensor& t) {
   return t.stride(-1) == 1 ? t : t.contiguous();
 }
 
+std::atomic<int> g_probs_policy{static_cast<int>(CpuAttentionProbs::kBySize)};
+
+// Elements of one head's probability blocks: sum over the query blocks of rows x keys seen.
+int64_t probs_area(int64_t S) {
+  int64_t area = 0;
+  for (int64_t i0 = 0; i0 < S; i0 += kQueryBlock) {
+    const int64_t n = std::min(kQueryBlock, S - i0);
+    area += n * (i0 + n);
+  }
+  return area;
+}
+
+bool keep_probs(int64_t S, int64_t Dqk, int64_t Dv) {
+  switch (static_cast<CpuAttentionProbs>(g_probs_policy.load(std::memory_order_relaxed))) {
+    case CpuAttentionProbs::kKeep:
+      return true;
+    case CpuAttentionProbs::kRecompute:
+      return false;
+    case CpuAttentionProbs::kBySize:
+      break;
+  }
+  return probs_area(S) <= S * 2 * (Dqk + Dv);
+}
+
 struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
   static torch::Tensor forward(AutogradContext* ctx,
                                const torch::Tensor& q_in,
@@ -177,27 +297,31 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
     const int64_t B = q.size(0), S = q.size(1), H = q.size(2), Dqk = q.size(3), Dv = v.size(3);
     auto out = torch::empty({B, S, H, Dv}, v.options());
     auto lse = torch::empty({B * H, S}, q.options());
+    const int64_t area = probs_area(S);
+    auto probs =
+        keep_probs(S, Dqk, Dv) ? torch::empty({B * H, area}, q.options()) : torch::Tensor();
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "cpu_causal_attention", [&] {
       scalar_t* lse_p = lse.data_ptr<scalar_t>();
+      scalar_t* probs_p = probs.defined() ? probs.data_ptr<scalar_t>() : nullptr;
       const auto sc = static_cast<scalar_t>(scale);
       at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> scratch(kQueryBlock * S);
-        scalar_t* p = scratch.data();
+        std::vector<scalar_t> scratch(probs_p ? 0 : kQueryBlock * S);
         for (int64_t bh = begin; bh < end; ++bh) {
           const int64_t b = bh / H, h = bh % H;
           const HeadRows<scalar_t> Q(q, b, h), K(k, b, h), V(v, b, h), O(out, b, h);
-          for (int64_t i0 = 0; i0 < S; i0 += kQueryBlock) {
+          for (int64_t i0 = 0, off = 0; i0 < S; i0 += kQueryBlock) {
             const int64_t n = std::min(kQueryBlock, S - i0), e = i0 + n;
+            scalar_t* p = probs_p ? probs_p + bh * area + off : scratch.data();
+            off += n * e;
             // P [n, e] = Q_blk K[0, e)^T, softmaxed row by row; O_blk = P V[0, e).
             gemm_rows<scalar_t>(false, true, n, e, Dqk, 1, Q.row(i0), Q.ld, K.p, K.ld, 0, p, e);
-            for (int64_t r = 0; r < n; ++r)
-              lse_p[bh * S + i0 + r] = softmax_row(p + r * e, i0 + r + 1, e, sc);
+            softmax_block(p, n, e, i0, sc, lse_p + bh * S + i0);
             gemm_rows<scalar_t>(false, false, n, Dv, e, 1, p, e, V.p, V.ld, 0, O.row(i0), O.ld);
           }
         }
       });
     });
-    ctx->save_for_backward({q, k, v, out, lse});
+    ctx->save_for_backward({q, k, v, out, lse, probs});
     ctx->saved_data["scale"] = scale;
     return out;
   }
@@ -205,6 +329,7 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
+    const auto& probs = saved[5];
     const double scale = ctx->saved_data["scale"].toDouble();
     auto dout = unit_last_stride(grads[0].to(out.scalar_type()));
     const int64_t B = q.size(0), S = q.size(1), H = q.size(2), Dqk = q.size(3), Dv = v.size(3);
@@ -212,39 +337,32 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
     auto dk = torch::zeros(k.sizes(), k.options()), dv = torch::zeros(v.sizes(), v.options());
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "cpu_causal_attention_backward", [&] {
       const scalar_t* lse_p = lse.data_ptr<scalar_t>();
+      const scalar_t* probs_p = probs.defined() ? probs.data_ptr<scalar_t>() : nullptr;
+      const int64_t area = probs_area(S);
       const auto sc = static_cast<scalar_t>(scale);
       at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> p_buf(kQueryBlock * S), ds_buf(kQueryBlock * S);
-        scalar_t* p = p_buf.data();
+        std::vector<scalar_t> p_buf(probs_p ? 0 : kQueryBlock * S), ds_buf(kQueryBlock * S);
         scalar_t* ds = ds_buf.data();
         for (int64_t bh = begin; bh < end; ++bh) {
           const int64_t b = bh / H, h = bh % H;
           const HeadRows<scalar_t> Q(q, b, h), K(k, b, h), V(v, b, h), O(out, b, h);
           const HeadRows<scalar_t> dO(dout, b, h), dQ(dq, b, h), dK(dk, b, h), dV(dv, b, h);
-          for (int64_t i0 = 0; i0 < S; i0 += kQueryBlock) {
+          for (int64_t i0 = 0, off = 0; i0 < S; i0 += kQueryBlock) {
             const int64_t n = std::min(kQueryBlock, S - i0), e = i0 + n;
-            // P recomputed from the log-sum-exp; masked keys are 0.
-            gemm_rows<scalar_t>(false, true, n, e, Dqk, 1, Q.row(i0), Q.ld, K.p, K.ld, 0, p, e);
-            for (int64_t r = 0; r < n; ++r) {
-              scalar_t* row = p + r * e;
-              const int64_t valid = i0 + r + 1;
-              exp_affine(row, valid, sc, lse_p[bh * S + i0 + r]);
-              for (int64_t j = valid; j < e; ++j) row[j] = 0;
+            // P as forward kept it, or recomputed from the log-sum-exp; masked keys are 0.
+            const scalar_t* p = probs_p ? probs_p + bh * area + off : p_buf.data();
+            off += n * e;
+            if (!probs_p) {
+              scalar_t* rows = p_buf.data();
+              gemm_rows<scalar_t>(false, true, n, e, Dqk, 1, Q.row(i0), Q.ld, K.p, K.ld, 0, rows,
+                                  e);
+              exp_block(rows, n, e, i0, sc, lse_p + bh * S + i0);
             }
             // dV[0, e) += P^T dO_blk.
             gemm_rows<scalar_t>(true, false, e, Dv, n, 1, p, e, dO.row(i0), dO.ld, 1, dV.p, dV.ld);
             // dS = P * (dP - rowsum(dO * O)), with dP = dO V^T; the scale goes into the products.
             gemm_rows<scalar_t>(false, true, n, e, Dv, 1, dO.row(i0), dO.ld, V.p, V.ld, 0, ds, e);
-            for (int64_t r = 0; r < n; ++r) {
-              const scalar_t* o_row = O.row(i0 + r);
-              const scalar_t* do_row = dO.row(i0 + r);
-              double dot = 0;
-              for (int64_t j = 0; j < Dv; ++j) dot += static_cast<double>(o_row[j]) * do_row[j];
-              const auto d = static_cast<scalar_t>(dot);
-              scalar_t* __restrict ds_row = ds + r * e;
-              const scalar_t* __restrict p_row = p + r * e;
-              for (int64_t j = 0; j < e; ++j) ds_row[j] = p_row[j] * (ds_row[j] - d);
-            }
+            ds_block(ds, p, n, e, O.row(i0), O.ld, dO.row(i0), dO.ld, Dv);
             // dQ_blk = scale dS K[0, e); dK[0, e) += scale dS^T Q_blk.
             gemm_rows<scalar_t>(false, false, n, Dqk, e, sc, ds, e, K.p, K.ld, 0, dQ.row(i0),
                                 dQ.ld);
@@ -260,6 +378,14 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
 }  // namespace
 
 void cpu_attention_force_aten_products(bool force) { g_force_aten_products = force; }
+
+void cpu_attention_set_probs(CpuAttentionProbs policy) {
+  g_probs_policy = static_cast<int>(policy);
+}
+
+bool cpu_attention_keeps_probs(int64_t S, int64_t Dqk, int64_t Dv) {
+  return keep_probs(S, Dqk, Dv);
+}
 
 bool cpu_attention_uses_blas_gemm() { return fortran_gemm<float>() && fortran_gemm<double>(); }
 

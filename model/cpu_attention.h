@@ -5,8 +5,9 @@
 // last row, so the blocks above the diagonal are never multiplied; softmax, masking and the
 // backward's dS = P * (dP - rowsum(dO * O)) run as row loops over a block that stays in cache,
 // between BLAS products on strided [S, D] views of the [B, S, H, D] tensors (no transposed
-// copies). Backward recomputes the probabilities from the saved log-sum-exp, so the memory kept
-// is O(B H S), as in the flash kernels. LibTorch's CPU flash kernel needs equal head dims
+// copies). Backward takes the probabilities forward kept, or, for long sequences, recomputes
+// them from the saved log-sum-exp, so that the memory kept is O(B H S), as in the flash kernels
+// (cpu_attention_set_probs below). LibTorch's CPU flash kernel needs equal head dims
 // (MLA's v is padded to the query's, 1.5x the products that involve v) and computed this
 // shape's attention about 1.5x slower (docs/performance.md).
 //
@@ -27,6 +28,16 @@ torch::Tensor cpu_causal_attention(const torch::Tensor& q,
                                    const torch::Tensor& k,
                                    const torch::Tensor& v,
                                    double scale);
+
+// Whether forward keeps the probabilities for backward (skipping backward's Q K^T products and
+// exponentials) or backward recomputes them from the log-sum-exp. By size (the default): kept
+// while they take no more memory than q, k, v and the output together, i.e. for S up to about
+// 4 (Dqk + Dv) - 64 (576 keys at Dqk 96, Dv 64; 1,216 at DeepSeek-V3's 192 and 128); recomputed
+// above that, so that long sequences keep O(B H S) memory as in the flash kernels. kKeep and
+// kRecompute force one way (tests compare both with the explicit reference).
+enum class CpuAttentionProbs { kBySize, kKeep, kRecompute };
+void cpu_attention_set_probs(CpuAttentionProbs policy);
+bool cpu_attention_keeps_probs(int64_t S, int64_t Dqk, int64_t Dv);
 
 // The kernel's products call the BLAS's Fortran gemm (`sgemm_`/`dgemm_`, found in the loaded
 // libraries) on raw pointers, or at::mm_out where there is none. Whether the BLAS is used, and,

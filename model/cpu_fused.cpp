@@ -241,31 +241,44 @@ struct MLAKeyFn : torch::autograd::Function<MLAKeyFn> {
 
 constexpr int64_t kElementGrain = 1 << 14;  // elements per parallel task
 
-inline void swiglu_span(const float* g, const float* u, float* h, int64_t n) {
+template <typename V, typename I>
+CONDENSA_INLINE void swiglu_lanes(const float* g, const float* u, float* h, int64_t n) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    v4f gv, uv;
+  for (; j + L <= n; j += L) {
+    V gv, uv;
     std::memcpy(&gv, g + j, sizeof(gv));
     std::memcpy(&uv, u + j, sizeof(uv));
-    const v4f hv = gv * sigmoid<v4f, v4i>(gv) * uv;
+    const V hv = gv * sigmoid<V, I>(gv) * uv;
     std::memcpy(h + j, &hv, sizeof(hv));
   }
   for (; j < n; ++j) h[j] = g[j] * sigmoid<v1f, v1i>(v1f{g[j]})[0] * u[j];
+}
+CONDENSA_AVX2 void swiglu_wide(const float* g, const float* u, float* h, int64_t n) {
+  swiglu_lanes<v8f, v8i>(g, u, h, n);
+}
+inline void swiglu_span(const float* g, const float* u, float* h, int64_t n) {
+  if (cpu_vec_wide())
+    swiglu_wide(g, u, h, n);
+  else
+    swiglu_lanes<v4f, v4i>(g, u, h, n);
 }
 inline void swiglu_span(const double* g, const double* u, double* h, int64_t n) {
   for (int64_t j = 0; j < n; ++j) h[j] = g[j] / (1 + std::exp(-g[j])) * u[j];
 }
 
-inline void swiglu_backward_span(
+template <typename V, typename I>
+CONDENSA_INLINE void swiglu_backward_lanes(
     const float* g, const float* u, const float* dh, float* dg, float* du, int64_t n) {
+  constexpr int64_t L = sizeof(V) / sizeof(float);
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    v4f gv, uv, dv;
+  for (; j + L <= n; j += L) {
+    V gv, uv, dv;
     std::memcpy(&gv, g + j, sizeof(gv));
     std::memcpy(&uv, u + j, sizeof(uv));
     std::memcpy(&dv, dh + j, sizeof(dv));
-    const v4f s = sigmoid<v4f, v4i>(gv);
-    const v4f dgv = dv * uv * s * (1.0f + gv * (1.0f - s)), duv = dv * gv * s;
+    const V s = sigmoid<V, I>(gv);
+    const V dgv = dv * uv * s * (1.0f + gv * (1.0f - s)), duv = dv * gv * s;
     std::memcpy(dg + j, &dgv, sizeof(dgv));
     std::memcpy(du + j, &duv, sizeof(duv));
   }
@@ -274,6 +287,17 @@ inline void swiglu_backward_span(
     dg[j] = dh[j] * u[j] * s * (1.0f + g[j] * (1.0f - s));
     du[j] = dh[j] * g[j] * s;
   }
+}
+CONDENSA_AVX2 void swiglu_backward_wide(
+    const float* g, const float* u, const float* dh, float* dg, float* du, int64_t n) {
+  swiglu_backward_lanes<v8f, v8i>(g, u, dh, dg, du, n);
+}
+inline void swiglu_backward_span(
+    const float* g, const float* u, const float* dh, float* dg, float* du, int64_t n) {
+  if (cpu_vec_wide())
+    swiglu_backward_wide(g, u, dh, dg, du, n);
+  else
+    swiglu_backward_lanes<v4f, v4i>(g, u, dh, dg, du, n);
 }
 inline void swiglu_backward_span(
     const double* g, const double* u, const double* dh, double* dg, double* du, int64_t n) {

@@ -8,6 +8,7 @@
 
 #include "model/autocast.h"
 #include "model/cpu_attention.h"
+#include "model/cpu_vec.h"
 #include "model/layers.h"
 
 using namespace condensa::model;
@@ -156,40 +157,63 @@ TEST(FusedAttention, DecodingWithCacheMatchesFullSequence) {
 // condensa's CPU kernel on several query blocks (150 = 64 + 64 + 22 rows), a strided v (a split
 // view, as in MLA), fp32 and fp64, one and two threads: outputs and q/k/v gradients.
 // Both ways of running the products: the BLAS's gemm on pointers (where the libraries export
-// one, as LibTorch's x86-64 builds do) and at::mm_out.
+// one, as LibTorch's x86-64 builds do) and at::mm_out; and both ways of getting the
+// probabilities in backward: kept by forward, or recomputed from the log-sum-exp.
 TEST(CpuAttention, MatchesExplicitAcrossBlocksDtypesAndThreads) {
   const int saved_threads = at::get_num_threads();
-  for (bool aten_products : {false, true}) {
-    cpu_attention_force_aten_products(aten_products);
-    if (aten_products) EXPECT_FALSE(cpu_attention_uses_blas_gemm()) << "forced off";
-    for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
-      for (int threads : {1, 2}) {
-        at::set_num_threads(threads);
-        torch::manual_seed(11);
-        auto q = torch::randn({2, 150, 3, 12}, dtype), k = torch::randn({2, 150, 3, 12}, dtype);
-        auto kv = torch::randn({2, 150, 3, 20}, dtype);
-        auto upstream = torch::randn({2, 150, 3, 8}, dtype);
-        auto grads = [&](bool fused) {
-          auto qg = q.clone().requires_grad_(), kg = k.clone().requires_grad_();
-          auto kvg = kv.clone().requires_grad_();
-          auto v = kvg.narrow(-1, 12, 8);
-          EXPECT_TRUE(!fused || cpu_attention_applies(qg, kg, v));
-          auto out =
-              fused ? cpu_causal_attention(qg, kg, v, 0.29) : causal_attention(qg, kg, v, 0.29, 0);
-          (out * upstream).sum().backward();
-          return std::vector<torch::Tensor>{out.detach(), qg.grad(), kg.grad(), kvg.grad()};
-        };
-        auto ref = grads(false), got = grads(true);
-        const double tol = dtype == torch::kFloat64 ? 1e-12 : 1e-5;
-        const char* names[] = {"output", "dq", "dk", "dv"};
-        for (int i = 0; i < 4; ++i)
-          EXPECT_LT(max_rel_diff(got[i], ref[i]), tol)
-              << names[i] << " " << dtype << " threads " << threads << " aten " << aten_products;
+  for (auto probs : {CpuAttentionProbs::kKeep, CpuAttentionProbs::kRecompute})
+    for (bool aten_products : {false, true}) {
+      // The row loops' four-float build with the at::mm_out products, the eight-float (AVX2)
+      // build, where the CPU has it, with the BLAS's.
+      g_cpu_vec_force_narrow = aten_products;
+      cpu_attention_set_probs(probs);
+      EXPECT_EQ(cpu_attention_keeps_probs(150, 12, 8), probs == CpuAttentionProbs::kKeep);
+      cpu_attention_force_aten_products(aten_products);
+      if (aten_products) {
+        EXPECT_FALSE(cpu_attention_uses_blas_gemm()) << "forced off";
+      }
+      for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
+        for (int threads : {1, 2}) {
+          at::set_num_threads(threads);
+          torch::manual_seed(11);
+          auto q = torch::randn({2, 150, 3, 12}, dtype), k = torch::randn({2, 150, 3, 12}, dtype);
+          auto kv = torch::randn({2, 150, 3, 20}, dtype);
+          auto upstream = torch::randn({2, 150, 3, 8}, dtype);
+          auto grads = [&](bool fused) {
+            auto qg = q.clone().requires_grad_(), kg = k.clone().requires_grad_();
+            auto kvg = kv.clone().requires_grad_();
+            auto v = kvg.narrow(-1, 12, 8);
+            EXPECT_TRUE(!fused || cpu_attention_applies(qg, kg, v));
+            auto out = fused ? cpu_causal_attention(qg, kg, v, 0.29)
+                             : causal_attention(qg, kg, v, 0.29, 0);
+            (out * upstream).sum().backward();
+            return std::vector<torch::Tensor>{out.detach(), qg.grad(), kg.grad(), kvg.grad()};
+          };
+          auto ref = grads(false), got = grads(true);
+          const double tol = dtype == torch::kFloat64 ? 1e-12 : 1e-5;
+          const char* names[] = {"output", "dq", "dk", "dv"};
+          for (int i = 0; i < 4; ++i)
+            EXPECT_LT(max_rel_diff(got[i], ref[i]), tol)
+                << names[i] << " " << dtype << " threads " << threads << " aten " << aten_products
+                << " kept probabilities " << (probs == CpuAttentionProbs::kKeep);
+        }
       }
     }
-  }
+  cpu_attention_set_probs(CpuAttentionProbs::kBySize);
+  g_cpu_vec_force_narrow = false;
   cpu_attention_force_aten_products(false);
   at::set_num_threads(saved_threads);
+}
+
+// By size, the probabilities (S (S + 64) / 2 per head in 64-row blocks) are kept while they are
+// no larger than q, k, v and the output (2 S (Dqk + Dv) per head): S <= 4 (Dqk + Dv) - 64.
+TEST(CpuAttention, KeepsTheProbabilitiesOnlyWhileNoLargerThanQKVAndOutput) {
+  cpu_attention_set_probs(CpuAttentionProbs::kBySize);
+  EXPECT_TRUE(cpu_attention_keeps_probs(512, 96, 64));  // the d512 bench shape
+  EXPECT_TRUE(cpu_attention_keeps_probs(576, 96, 64));  // equal sizes
+  EXPECT_FALSE(cpu_attention_keeps_probs(577, 96, 64));
+  EXPECT_FALSE(cpu_attention_keeps_probs(4096, 192, 128));  // DeepSeek-V3's pre-training length
+  EXPECT_FALSE(cpu_attention_keeps_probs(150, 12, 8));      // the test shape above
 }
 
 TEST(CpuAttention, UsesTheBlasGemmOfLibTorchsX86Build) {

@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include "model/cpu_vec.h"
 #include "model/layers.h"
 #include "model/moe/dispatcher.h"
 
@@ -195,19 +196,24 @@ TEST(CpuFusedMLA, ModuleOutputAndGradientsMatchTheReferencePath) {
   expect_close(got, ref, 1e-5, "mla");
 }
 
+// Both fp32 builds: eight-float vectors (AVX2 + FMA, where the CPU has them) and four-float.
 TEST_P(CpuFused, SwigluAndItsGradientsMatchSiluTimesU) {
   torch::manual_seed(8);
-  // 4099 elements: whole four-element vectors and a scalar tail; values past +-20 included.
+  // 4099 elements: whole four- and eight-element vectors and a scalar tail; values past +-20.
   auto g = torch::randn({4099}, dtype()) * 6, u = torch::randn({4099}, dtype());
-  auto dh = torch::randn({4099}, dtype());
   auto ref = output_and_grads(
       [&](const std::vector<torch::Tensor>& in) { return torch::silu(in[0]) * in[1]; }, {g, u});
-  auto h = fused_swiglu(g, u);
   // The reference gradients are those of sum(h * upstream): recompute with that upstream.
   torch::manual_seed(77);
   auto upstream = torch::randn({4099}, dtype());
-  auto [dg, du] = fused_swiglu_backward(g, u, upstream);
-  expect_close({h, dg, du}, ref, tolerance(dtype()) * 2, "swiglu");
+  for (bool narrow : {false, true}) {
+    g_cpu_vec_force_narrow = narrow;
+    auto h = fused_swiglu(g, u);
+    auto [dg, du] = fused_swiglu_backward(g, u, upstream);
+    expect_close({h, dg, du}, ref, tolerance(dtype()) * 2,
+                 narrow ? "swiglu, four-float" : "swiglu");
+  }
+  g_cpu_vec_force_narrow = false;
 }
 
 TEST_P(CpuFused, MLPMatchesItsLinearReference) {
