@@ -27,7 +27,8 @@ for dtype in $dtypes; do
       --experts 8 --topk 2 --moe-inter 512 --inter 1536 --vocab 259 --seq 512 --batch 4 \
       --kv-lora 128 --nope 64 --rope 32 --vdim 64 --threads 1 --steps "$steps" \
       --warmup "$warmup" $amp | json_field tokens_per_s)
-    echo "$dtype round $r: condensa $c tok/s, peer $p tok/s"
+    awk -v d="$dtype" -v r="$r" -v c="$c" -v p="$p" \
+      'BEGIN {printf "%s round %s: condensa %.1f tok/s, peer %.1f tok/s, ratio %.2fx\n", d, r, c, p, c / p}'
     ours[$dtype]+="$c "
     theirs[$dtype]+="$p "
   done
