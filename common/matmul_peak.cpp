@@ -5,16 +5,16 @@
 
 namespace condensa {
 
-double measure_matmul_flops(torch::ScalarType dtype,
-                            int64_t n,
-                            double seconds,
-                            torch::Device device) {
-  torch::NoGradGuard no_grad;
-  auto a = torch::randn({n, n}).to(device, dtype), b = torch::randn({n, n}).to(device, dtype);
+namespace {
+
+// Sustained FLOP/s of a x b (n x n operands, any strides): the best of five equal windows.
+double time_product(const torch::Tensor& a, const torch::Tensor& b, double seconds) {
+  const int64_t n = a.size(0);
+  const bool cpu = a.device().is_cpu();
   // Kernels on an accelerator run asynchronously: issue a batch, then wait for its last result.
-  const int64_t batch = device.is_cpu() ? 1 : 10;
+  const int64_t batch = cpu ? 1 : 10;
   auto wait = [&](const torch::Tensor& c) {
-    if (!device.is_cpu()) c.flatten()[0].item<double>();
+    if (!cpu) c.flatten()[0].item<double>();
   };
   auto c = torch::matmul(a, b);  // warm-up
   wait(c);
@@ -35,6 +35,31 @@ double measure_matmul_flops(torch::ScalarType dtype,
     best = std::max(best, 2.0 * n * n * n * iters / elapsed);
   }
   return best;
+}
+
+}  // namespace
+
+MatmulRates measure_matmul_layouts(torch::ScalarType dtype,
+                                   int64_t n,
+                                   double seconds,
+                                   torch::Device device) {
+  torch::NoGradGuard no_grad;
+  auto make = [&] { return torch::randn({n, n}).to(device, dtype); };
+  auto a = make(), b = make();
+  // Transposed operands are views of contiguous tensors: the strides a BLAS call sees for W^T.
+  auto at = make().t(), bt = make().t();
+  MatmulRates r;
+  r.nn = time_product(a, b, seconds / 3);
+  r.nt = time_product(a, bt, seconds / 3);
+  r.tn = time_product(at, b, seconds / 3);
+  return r;
+}
+
+double measure_matmul_flops(torch::ScalarType dtype,
+                            int64_t n,
+                            double seconds,
+                            torch::Device device) {
+  return measure_matmul_layouts(dtype, n, seconds, device).best();
 }
 
 }  // namespace condensa

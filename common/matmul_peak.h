@@ -5,9 +5,26 @@
 
 namespace condensa {
 
-// Sustained FLOP/s of an n x n x n matmul in `dtype` on `device` (this process's threads on
-// the CPU), timed for about `seconds` after a warm-up: the best of five equal windows. The trainer uses it as the peak for MFU:
-// measured where the model runs, so a GPU run is measured against the GPU's own matmul.
+// FLOP/s of an n x n x n product in each operand layout the model's matmuls use: A B (forward
+// of x W with W stored [in, out]), A B^T (forward of x W^T, W stored [out, in], and the input
+// gradient) and A^T B (the weight gradient). BLAS libraries run the three at about the same
+// rate, but a fallback kernel need not: LibTorch's bf16 matmul on a CPU without bf16 units runs
+// A^T B about 10x faster than A B.
+struct MatmulRates {
+  double nn = 0, nt = 0, tn = 0;
+  double best() const { return std::max(nn, std::max(nt, tn)); }
+};
+
+// Each layout timed for about a third of `seconds` after a warm-up (the best of five equal
+// windows), in `dtype` on `device` (this process's threads on the CPU).
+MatmulRates measure_matmul_layouts(torch::ScalarType dtype,
+                                   int64_t n,
+                                   double seconds,
+                                   torch::Device device = torch::kCPU);
+
+// The peak MFU is measured against: the fastest layout of measure_matmul_layouts, so no mix of
+// the model's products can run faster than it (MFU stays at or below 100%). Measured where the
+// model runs, so a GPU run is measured against the GPU's own matmul.
 double measure_matmul_flops(torch::ScalarType dtype,
                             int64_t n,
                             double seconds,

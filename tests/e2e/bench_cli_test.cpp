@@ -1,8 +1,10 @@
 // `condensa bench train` through the built binary: a timed run of a tiny config that prints a
 // parseable result, writes nothing into run.dir, and rejects bad arguments; `--profile` writes a
-// Chrome trace with the step's operators.
+// Chrome trace with the step's operators. `bench matmul` prints each operand layout's rate and
+// the peak MFU divides by.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -113,4 +115,27 @@ TEST(BenchCli, PipelinePrintsIdleTimePerStageForEachSchedule) {
   EXPECT_NEAR(by_schedule["interleaved"]["theoretical_bubble"].get<double>(), 0.125, 1e-4);
   EXPECT_NEAR(by_schedule["dualpipe"]["theoretical_bubble"].get<double>(), 0.0, 1e-4);
   EXPECT_NE(r.output.find("rank 1: passes"), std::string::npos) << r.output;
+}
+
+TEST(BenchCli, MatmulPrintsEachLayoutAndThePeakIsTheFastest) {
+  auto r = run_condensa("bench matmul --dtype fp32 --sizes 64,96 --seconds 0.06 --threads 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::istringstream in(r.output);
+  std::string line;
+  int rows = 0;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    long n = 0;
+    std::string dtype;
+    double nn = 0, nt = 0, tn = 0, peak = 0;
+    if (!(fields >> n >> dtype >> nn >> nt >> tn >> peak)) continue;
+    ++rows;
+    EXPECT_EQ(dtype, "fp32") << line;
+    EXPECT_GT(std::min({nn, nt, tn}), 0) << line;
+    EXPECT_DOUBLE_EQ(peak, std::max({nn, nt, tn})) << line;
+  }
+  EXPECT_EQ(rows, 2) << r.output;
+  auto bad = run_condensa("bench matmul --dtype fp16");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--dtype"), std::string::npos) << bad.output;
 }

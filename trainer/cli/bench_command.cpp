@@ -24,7 +24,8 @@ namespace {
 const char* kBenchHelp = R"(usage: condensa bench <matmul|alltoall|moe|train|pipeline> [options]
 
   matmul    [--dtype fp32|bf16|all] [--sizes 256,512,1024,2048] [--seconds S] [--threads N]
-            GFLOP/s of square matmuls: the peak the trainer's MFU is measured against.
+            GFLOP/s of square matmuls in the three operand layouts (A*B, A*B^T, A^T*B); the
+            fastest is the peak the trainer's MFU is measured against.
   alltoall  [--min-bytes B] [--max-bytes B] [--iters N] [--warmup N] [--dtype fp32|bf16]
             nccl-tests style table (run under mpirun; verifies every element it moves).
   train     --config X.yaml [--set k=v ...] [--steps N] [--warmup N] [--profile TRACE.json]
@@ -67,11 +68,13 @@ int bench_matmul(const ParsedArgs& a) {
   if (a.has("--threads")) at::set_num_threads(static_cast<int>(a.get_int("--threads", 1)));
   std::printf("matmul on %d threads (n x n times n x n, %.1f s each)\n", at::get_num_threads(),
               seconds);
-  std::printf("%8s %6s %12s\n", "n", "dtype", "GFLOP/s");
+  std::printf("%8s %6s %10s %10s %10s %10s  (GFLOP/s)\n", "n", "dtype", "A*B", "A*B^T", "A^T*B",
+              "peak");
   for (auto& d : dtypes) {
     for (auto n : sizes) {
-      double f = measure_matmul_flops(parse_dtype(d, "--dtype"), n, seconds);
-      std::printf("%8ld %6s %12.1f\n", static_cast<long>(n), d.c_str(), f / 1e9);
+      const MatmulRates r = measure_matmul_layouts(parse_dtype(d, "--dtype"), n, seconds);
+      std::printf("%8ld %6s %10.1f %10.1f %10.1f %10.1f\n", static_cast<long>(n), d.c_str(),
+                  r.nn / 1e9, r.nt / 1e9, r.tn / 1e9, r.best() / 1e9);
       std::fflush(stdout);
     }
   }

@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 
+#include "common/matmul_peak.h"
 #include "model/moe/experts.h"
 #include "model/transformer.h"
 #include "tests/support/test_util.h"
@@ -119,4 +121,22 @@ TEST(TrainingFlops, GrowsWithEveryActivatedTerm) {
   EXPECT_NEAR(training_flops_per_token(more_top_k, 16) - f,
               6.0 * 3 * 16 * 8 * (base.num_layers - base.num_dense_layers + base.mtp_depth), 1e-6);
   EXPECT_GT(training_flops_per_token(longer, 32), f);
+}
+
+// MFU's denominator is the fastest of the three operand layouts, each of them timed: a CPU
+// without bf16 units runs LibTorch's bf16 A^T*B about 10x faster than A*B, and an A*B-only peak
+// put a bf16 run's MFU at 206%.
+TEST(MatmulPeak, IsTheFastestOfTheThreeLayouts) {
+  const condensa::MatmulRates r = condensa::measure_matmul_layouts(torch::kFloat32, 64, 0.03);
+  EXPECT_GT(r.nn, 0);
+  EXPECT_GT(r.nt, 0);
+  EXPECT_GT(r.tn, 0);
+  EXPECT_EQ(r.best(), std::max({r.nn, r.nt, r.tn}));
+  for (int fastest = 0; fastest < 3; ++fastest) {
+    condensa::MatmulRates s;
+    s.nn = fastest == 0 ? 3 : 1;
+    s.nt = fastest == 1 ? 3 : 2;
+    s.tn = fastest == 2 ? 3 : 1;
+    EXPECT_EQ(s.best(), 3) << "fastest layout " << fastest;
+  }
 }
