@@ -3,6 +3,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -308,11 +309,67 @@ inline void swiglu_backward_span(
   }
 }
 
+// bf16 storage (CPU autocast): fp32 arithmetic over chunks converted on the way in and out, so
+// the one rounding is that of the result (ATen's bf16 silu(g) * u rounds silu(g) first).
+constexpr int64_t kBf16Chunk = 256;
+
+inline void to_float(const c10::BFloat16* x, float* y, int64_t n) {
+  const auto* bits = reinterpret_cast<const uint16_t*>(x);
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t u = static_cast<uint32_t>(bits[j]) << 16;
+    std::memcpy(y + j, &u, sizeof(u));
+  }
+}
+
+// Round to nearest even, as c10::BFloat16(float) does; NaN stays a (quiet) NaN.
+inline void to_bf16(const float* x, c10::BFloat16* y, int64_t n) {
+  auto* bits = reinterpret_cast<uint16_t*>(y);
+  for (int64_t j = 0; j < n; ++j) {
+    uint32_t u;
+    std::memcpy(&u, x + j, sizeof(u));
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    bits[j] = x[j] != x[j] ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+  }
+}
+
+inline void swiglu_span(const c10::BFloat16* g,
+                        const c10::BFloat16* u,
+                        c10::BFloat16* h,
+                        int64_t n) {
+  float gf[kBf16Chunk], uf[kBf16Chunk], hf[kBf16Chunk];
+  for (int64_t o = 0; o < n; o += kBf16Chunk) {
+    const int64_t m = std::min(kBf16Chunk, n - o);
+    to_float(g + o, gf, m);
+    to_float(u + o, uf, m);
+    swiglu_span(gf, uf, hf, m);
+    to_bf16(hf, h + o, m);
+  }
+}
+
+inline void swiglu_backward_span(const c10::BFloat16* g,
+                                 const c10::BFloat16* u,
+                                 const c10::BFloat16* dh,
+                                 c10::BFloat16* dg,
+                                 c10::BFloat16* du,
+                                 int64_t n) {
+  float gf[kBf16Chunk], uf[kBf16Chunk], dhf[kBf16Chunk], dgf[kBf16Chunk], duf[kBf16Chunk];
+  for (int64_t o = 0; o < n; o += kBf16Chunk) {
+    const int64_t m = std::min(kBf16Chunk, n - o);
+    to_float(g + o, gf, m);
+    to_float(u + o, uf, m);
+    to_float(dh + o, dhf, m);
+    swiglu_backward_span(gf, uf, dhf, dgf, duf, m);
+    to_bf16(dgf, dg + o, m);
+    to_bf16(duf, du + o, m);
+  }
+}
+
 void check_swiglu(const std::vector<torch::Tensor>& ts) {
   for (const auto& t : ts)
-    TORCH_CHECK(cpu_fused_applies(t) && t.is_contiguous() && t.sizes() == ts[0].sizes() &&
+    TORCH_CHECK(cpu_swiglu_applies(t) && t.is_contiguous() && t.sizes() == ts[0].sizes() &&
                     t.scalar_type() == ts[0].scalar_type(),
-                "fused_swiglu: needs contiguous CPU fp32/fp64 tensors of one shape and dtype, got ",
+                "fused_swiglu: needs contiguous CPU fp32/fp64/bf16 tensors of one shape and dtype, "
+                "got ",
                 t.sizes(), " ", t.scalar_type(), " against ", ts[0].sizes(), " ",
                 ts[0].scalar_type());
 }
@@ -399,7 +456,7 @@ struct WeightedCombineFn : torch::autograd::Function<WeightedCombineFn> {
 torch::Tensor fused_swiglu(const torch::Tensor& g, const torch::Tensor& u) {
   check_swiglu({g, u});
   auto h = torch::empty_like(g);
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fused_swiglu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, g.scalar_type(), "fused_swiglu", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* up = u.data_ptr<scalar_t>();
     scalar_t* hp = h.data_ptr<scalar_t>();
@@ -415,7 +472,7 @@ std::pair<torch::Tensor, torch::Tensor> fused_swiglu_backward(const torch::Tenso
                                                               const torch::Tensor& dh) {
   check_swiglu({g, u, dh});
   auto dg = torch::empty_like(g), du = torch::empty_like(u);
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fused_swiglu_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, g.scalar_type(), "fused_swiglu_backward", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* up = u.data_ptr<scalar_t>();
     const scalar_t* dhp = dh.data_ptr<scalar_t>();
@@ -432,6 +489,10 @@ std::pair<torch::Tensor, torch::Tensor> fused_swiglu_backward(const torch::Tenso
 bool cpu_fused_applies(const torch::Tensor& x) {
   return x.device().is_cpu() &&
          (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64);
+}
+
+bool cpu_swiglu_applies(const torch::Tensor& x) {
+  return cpu_fused_applies(x) || (x.device().is_cpu() && x.scalar_type() == torch::kBFloat16);
 }
 
 torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {

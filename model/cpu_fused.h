@@ -37,8 +37,12 @@ torch::Tensor fused_mla_key(const torch::Tensor& k_nope_BSHN,
                             const torch::Tensor& cos_SP,
                             const torch::Tensor& sin_SP);
 
-// SwiGLU's product h = silu(g) * u, element-wise over same-shape contiguous CPU fp32/fp64
-// tensors, in one pass (no autograd: the experts' autograd function calls it).
+// True when fused_swiglu takes x: a CPU tensor in fp32, fp64 or bf16.
+bool cpu_swiglu_applies(const torch::Tensor& x);
+
+// SwiGLU's product h = silu(g) * u, element-wise over same-shape contiguous CPU fp32/fp64/bf16
+// tensors, in one pass (no autograd: the experts' autograd function calls it). bf16 tensors
+// (CPU autocast) are computed in fp32 and rounded once, at the result.
 torch::Tensor fused_swiglu(const torch::Tensor& g, const torch::Tensor& u);
 // Its gradients from dh, in one pass: {dg, du} = {dh u s (1 + g (1 - s)), dh g s}, s = sigmoid(g).
 std::pair<torch::Tensor, torch::Tensor> fused_swiglu_backward(const torch::Tensor& g,

@@ -1,7 +1,5 @@
 #include "model/layers.h"
 
-#include <ATen/autocast_mode.h>
-
 #include <cmath>
 
 #include "model/cpu_attention.h"
@@ -104,9 +102,10 @@ MLPImpl::MLPImpl(int64_t dim, int64_t inter) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  // On the CPU in fp32/fp64: the experts' autograd function with one expert (SwiGLU in one fused
-  // pass, contiguous weight gradients); the Linear composition is its reference.
-  if (cpu_fused_applies(x) && !at::autocast::is_autocast_enabled(at::kCPU)) {
+  // On the CPU (fp32/fp64, bf16 autocast included): the experts' autograd function with one
+  // expert (SwiGLU in one fused pass, contiguous weight gradients); the Linear composition is its
+  // reference.
+  if (cpu_swiglu_applies(x)) {
     const int64_t D = x.size(-1);
     auto x_TD = x.reshape({-1, D});
     auto y_TD =

@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include "model/autocast.h"
 #include "model/cpu_vec.h"
 #include "model/layers.h"
 #include "model/moe/dispatcher.h"
@@ -271,4 +272,78 @@ TEST(CpuFusedErrors, WeightedCombineNamesTheBadTokenIndex) {
     EXPECT_NE(std::string(e.what()).find("token index 7 is outside [0, 5)"), std::string::npos)
         << e.what();
   }
+}
+
+// bf16 SwiGLU (CPU autocast): the fp32 computation rounded once to bf16, bit for bit what
+// rounding the fp32 kernel's results with c10's round-to-nearest-even gives, both vector widths;
+// lengths with partial conversion chunks; infinities, NaN and values past bf16's range.
+TEST(CpuFusedBf16, SwigluRoundsTheFp32ResultOnce) {
+  torch::manual_seed(12);
+  for (int64_t n : {4099, 300, 7}) {
+    auto g = (torch::randn({n}) * 6).to(torch::kBFloat16);
+    auto u = torch::randn({n}).to(torch::kBFloat16);
+    auto dh = torch::randn({n}).to(torch::kBFloat16);
+    if (n > 5) {
+      g[0] = std::numeric_limits<float>::quiet_NaN();
+      g[1] = std::numeric_limits<float>::infinity();
+      u[2] = 3e38f;  // times g: past bf16's largest finite value, rounds to infinity
+      g[2] = 4.0f;
+      dh[3] = -std::numeric_limits<float>::infinity();
+    }
+    for (bool narrow : {false, true}) {
+      SCOPED_TRACE(std::string(narrow ? "four-float" : "eight-float") + ", n " + std::to_string(n));
+      g_cpu_vec_force_narrow = narrow;
+      const auto gf = g.to(torch::kFloat32), uf = u.to(torch::kFloat32);
+      const auto dhf = dh.to(torch::kFloat32);
+      auto h = fused_swiglu(g, u);
+      ASSERT_EQ(h.scalar_type(), torch::kBFloat16);
+      const auto want_h = fused_swiglu(gf, uf).to(torch::kBFloat16);
+      EXPECT_TRUE(torch::equal(h.isnan(), want_h.isnan()));
+      EXPECT_TRUE(torch::equal(h.nan_to_num(0, 1e30, -1e30), want_h.nan_to_num(0, 1e30, -1e30)));
+      auto [dg, du] = fused_swiglu_backward(g, u, dh);
+      auto [want_dg, want_du] = fused_swiglu_backward(gf, uf, dhf);
+      for (auto [got, want] : {std::pair{dg, want_dg.to(torch::kBFloat16)},
+                               std::pair{du, want_du.to(torch::kBFloat16)}}) {
+        ASSERT_EQ(got.scalar_type(), torch::kBFloat16);
+        EXPECT_TRUE(torch::equal(got.isnan(), want.isnan()));
+        EXPECT_TRUE(torch::equal(got.nan_to_num(0, 1e30, -1e30), want.nan_to_num(0, 1e30, -1e30)));
+      }
+      // And against ATen's fp32 silu: within one bf16 rounding (2^-8 relative).
+      auto ref = (torch::silu(gf) * uf).slice(0, 4);
+      auto err = (h.slice(0, 4).to(torch::kFloat32) - ref).abs();
+      EXPECT_TRUE((err <= ref.abs() * (1.0 / 256) * (1 + 1e-5)).all().item<bool>());
+    }
+  }
+  g_cpu_vec_force_narrow = false;
+}
+
+// The dense MLP under CPU bf16 autocast takes the experts' function too; it agrees with the
+// Linear composition under the same autocast to bf16 tolerance, output and every gradient.
+TEST(CpuFusedBf16, MLPUnderAutocastMatchesItsLinearReference) {
+  torch::manual_seed(13);
+  MLP mlp(16, 40);
+  auto x = torch::randn({3, 7, 16});
+  auto upstream = torch::randn({3, 7, 16});
+  AutocastState ac = AutocastState::current();
+  ac.cpu_enabled = true;
+  ac.cpu_dtype = at::kBFloat16;
+  auto run = [&](bool reference) {
+    mlp->zero_grad();
+    auto xg = x.clone().requires_grad_();
+    torch::Tensor y;
+    {
+      AutocastScope scope(ac);
+      y = reference ? mlp->mlp_reference(xg) : mlp->forward(xg);
+    }
+    EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+    (y.to(torch::kFloat32) * upstream).sum().backward();
+    std::vector<torch::Tensor> r = {y.detach().to(torch::kFloat32), xg.grad()};
+    for (auto& p : mlp->parameters()) {
+      EXPECT_EQ(p.grad().scalar_type(), torch::kFloat32);
+      r.push_back(p.grad().clone());
+    }
+    return r;
+  };
+  auto ref = run(true), got = run(false);
+  expect_close(got, ref, 2e-2, "mlp, bf16 autocast");
 }
