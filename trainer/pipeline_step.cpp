@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "model/autocast.h"
+#include "model/moe/experts.h"
 #include "trainer/trainer.h"
 
 namespace condensa::trainer {
@@ -162,6 +163,7 @@ torch::Tensor Trainer::forward_backward_pipeline(int64_t step) {
                    " stage ", a.stage, " before its forward");
     Saved s = std::move(it->second);
     saved.erase(it);
+    model::WeightGradsInPlaceScope in_place;  // the experts' weight gradients straight into .grad
     if (s.loss.defined()) {
       s.loss.backward();
     } else {

@@ -14,6 +14,7 @@
 #include "common/matmul_peak.h"
 #include "model/accounting.h"
 #include "model/autocast.h"
+#include "model/moe/experts.h"
 #include "model/transformer.h"
 #include "trainer/checkpoint/directory.h"
 #include "trainer/checkpoint/resume_rules.h"
@@ -130,7 +131,10 @@ torch::Tensor Trainer::forward_backward(int64_t step) {
       loss = ce + mtp + out.aux_loss;
     }
     count_routing_by_language(batch.language.narrow(1, 0, S));
-    (loss / num_micro).backward();
+    {
+      model::WeightGradsInPlaceScope in_place;  // the experts' weight gradients straight into .grad
+      (loss / num_micro).backward();
+    }
     sums.add_(torch::stack({ce.detach(), mtp.detach(), out.aux_loss.detach()})
                   .to(torch::kFloat64)
                   .div_(static_cast<double>(num_micro)));

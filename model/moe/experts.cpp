@@ -2,11 +2,38 @@
 
 #include <ATen/autocast_mode.h>
 
+#include <array>
+#include <string>
+
 #include "model/cpu_fused.h"
 
 namespace condensa::model {
 
 namespace {
+
+thread_local bool t_weight_grads_in_place = false;
+
+// The parameter behind an experts' weight input: the input itself when it is a leaf that
+// requires grad, or the leaf it is a view of; undefined otherwise.
+torch::Tensor parameter_behind(const torch::Tensor& w) {
+  torch::Tensor leaf = w;
+  if (!w.is_leaf() && w.is_view()) leaf = w._base();
+  if (!leaf.defined() || !leaf.is_leaf() || !leaf.requires_grad() || leaf.numel() != w.numel())
+    return {};
+  return leaf;
+}
+
+// Where the gradient of weight input `w` (shape `sizes`) is added in place: a view of its
+// parameter's .grad, or undefined (return the gradient) outside a WeightGradsInPlaceScope, or
+// when .grad is missing, another dtype, not contiguous, or itself differentiable.
+torch::Tensor in_place_grad(const torch::Tensor& param, at::IntArrayRef sizes) {
+  if (!t_weight_grads_in_place || !param.defined()) return {};
+  const torch::Tensor& g = param.grad();
+  if (!g.defined() || g.requires_grad() || !g.is_contiguous() ||
+      g.scalar_type() != param.scalar_type() || g.sizes() != param.sizes())
+    return {};
+  return g.view(sizes);
+}
 
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
@@ -61,6 +88,11 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       at::mm_out(y_e, h_MF.narrow(0, o, rows[e]), down[e].t());
     }
     ctx->save_for_backward({x, gate, up, down, g_MF, u_MF, h_MF});
+    const std::array<const torch::Tensor*, 3> weights = {&gate_EFD, &up_EFD, &down_EDF};
+    for (size_t i = 0; i < weights.size(); ++i) {
+      auto p = parameter_behind(*weights[i]);
+      if (p.defined()) ctx->saved_data["param" + std::to_string(i)] = p;
+    }
     ctx->saved_data["rows"] = rows;
     ctx->saved_data["dtypes"] = std::vector<int64_t>{
         static_cast<int64_t>(x_ND.scalar_type()), static_cast<int64_t>(gate_EFD.scalar_type()),
@@ -77,18 +109,39 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
     const int64_t E = gate.size(0);
     auto dy_MD = grads[0].defined() ? grads[0].to(x.scalar_type()).contiguous()
                                     : torch::zeros({g_MF.size(0), x.size(1)}, x.options());
-    auto dgate = torch::empty_like(gate), dup = torch::empty_like(up);
-    auto ddown = torch::empty_like(down), dh_MF = torch::empty_like(g_MF);
+    // Each weight's gradient goes into a returned [E, ...] buffer, or into its parameter's .grad.
+    std::array<torch::Tensor, 3> into, ret;
+    const std::array<const torch::Tensor*, 3> w = {&gate, &up, &down};
+    for (size_t i = 0; i < 3; ++i) {
+      const auto key = "param" + std::to_string(i);
+      if (ctx->saved_data.count(key))
+        into[i] = in_place_grad(ctx->saved_data[key].toTensor(), w[i]->sizes());
+      if (!into[i].defined()) ret[i] = torch::empty_like(*w[i]);
+    }
+    // dW_e = a^T b: written into the returned buffer, or added to .grad (in the product when the
+    // dtypes agree; through a product in the compute dtype, converted as it is added, when not).
+    auto weight_grad = [&](size_t i, int64_t e, const torch::Tensor& a_t, const torch::Tensor& b) {
+      if (!into[i].defined()) {
+        auto r = ret[i][e];
+        at::mm_out(r, a_t, b);
+        return;
+      }
+      auto t = into[i][e];
+      if (t.scalar_type() == a_t.scalar_type())
+        t.addmm_(a_t, b);
+      else
+        t.add_(at::mm(a_t, b));
+    };
+    auto dh_MF = torch::empty_like(g_MF);
     for (int64_t e = 0, o = 0; e < E; o += rows[e], ++e) {
       if (rows[e] == 0) {
-        dgate[e].zero_();
-        dup[e].zero_();
-        ddown[e].zero_();
+        for (size_t i = 0; i < 3; ++i)
+          if (ret[i].defined()) ret[i][e].zero_();
         continue;
       }
       auto dy_e = dy_MD.narrow(0, o, rows[e]);
-      auto ddown_e = ddown[e], dh_e = dh_MF.narrow(0, o, rows[e]);
-      at::mm_out(ddown_e, dy_e.t(), h_MF.narrow(0, o, rows[e]));
+      auto dh_e = dh_MF.narrow(0, o, rows[e]);
+      weight_grad(2, e, dy_e.t(), h_MF.narrow(0, o, rows[e]));
       at::mm_out(dh_e, dy_e, down[e]);
     }
     torch::Tensor dg_MF, du_MF;
@@ -104,18 +157,17 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       if (rows[e] == 0) continue;
       auto x_e = x.narrow(0, o, rows[e]);
       auto dg_e = dg_MF.narrow(0, o, rows[e]), du_e = du_MF.narrow(0, o, rows[e]);
-      auto dgate_e = dgate[e], dup_e = dup[e];
-      at::mm_out(dgate_e, dg_e.t(), x_e);
-      at::mm_out(dup_e, du_e.t(), x_e);
+      weight_grad(0, e, dg_e.t(), x_e);
+      weight_grad(1, e, du_e.t(), x_e);
       auto dx_e = dx.narrow(0, o, rows[e]);
       at::mm_out(dx_e, dg_e, gate[e]);
       dx_e.addmm_(du_e, up[e]);
     }
     if (o < x.size(0)) dx.narrow(0, o, x.size(0) - o).zero_();  // rows past the experts'
     auto as = [&](const torch::Tensor& t, int i) {
-      return t.to(static_cast<at::ScalarType>(dtypes[i]));
+      return t.defined() ? t.to(static_cast<at::ScalarType>(dtypes[i])) : torch::Tensor();
     };
-    return {as(dx, 0), as(dgate, 1), as(dup, 2), as(ddown, 3), torch::Tensor()};
+    return {as(dx, 0), as(ret[0], 1), as(ret[1], 2), as(ret[2], 3), torch::Tensor()};
   }
 };
 
@@ -164,6 +216,12 @@ torch::Tensor GroupedExpertsImpl::forward_grouped(const torch::Tensor& x_ND,
   auto up = at::_grouped_mm(x, w(up_proj), offs);
   return at::_grouped_mm(torch::silu(gate) * up, w(down_proj), offs);
 }
+
+WeightGradsInPlaceScope::WeightGradsInPlaceScope() : saved_(t_weight_grads_in_place) {
+  t_weight_grads_in_place = true;
+}
+WeightGradsInPlaceScope::~WeightGradsInPlaceScope() { t_weight_grads_in_place = saved_; }
+bool WeightGradsInPlaceScope::active() { return t_weight_grads_in_place; }
 
 bool use_grouped_gemm(const std::string& experts_impl, torch::Device device, bool bf16) {
   if (experts_impl == "grouped") return true;

@@ -36,6 +36,28 @@ torch::Tensor swiglu_per_expert(const torch::Tensor& x_ND,
                                 const torch::Tensor& down_EDF,
                                 const std::vector<int64_t>& rows);
 
+// Weight gradients added in place (gradient accumulation fusion, as Megatron-Core's): while a
+// scope is alive on the thread that runs backward, swiglu_per_expert's backward adds each weight
+// gradient straight into its parameter's .grad (the optimizer's flat-buffer views), instead of
+// returning it for autograd to copy and add: fp32 products accumulate in the matmul itself
+// (beta = 1), bf16 ones are added with the conversion fused, experts with no rows cost nothing.
+// Applies where the parameter (the weight, or the base of a view of it such as MLP's
+// weight.unsqueeze(0)) is a leaf whose .grad is a defined, contiguous tensor of its dtype that
+// does not require grad; elsewhere the gradient is returned as usual. Only for backward()
+// calls whose gradients belong in .grad: torch::autograd::grad() must run outside a scope, and
+// hooks on those parameters' gradient accumulation do not run for in-place gradients.
+class WeightGradsInPlaceScope {
+ public:
+  WeightGradsInPlaceScope();
+  ~WeightGradsInPlaceScope();
+  WeightGradsInPlaceScope(const WeightGradsInPlaceScope&) = delete;
+  WeightGradsInPlaceScope& operator=(const WeightGradsInPlaceScope&) = delete;
+  static bool active();
+
+ private:
+  bool saved_;
+};
+
 // Whether `model.experts_impl` selects the grouped GEMM on `device` ("auto": CUDA in bf16).
 bool use_grouped_gemm(const std::string& experts_impl, torch::Device device, bool bf16);
 

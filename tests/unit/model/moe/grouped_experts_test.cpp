@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "model/autocast.h"
+#include "model/layers.h"
 #include "model/moe/experts.h"
 
 using namespace condensa::model;
@@ -143,4 +144,83 @@ TEST(GroupedExperts, GroupedGemmMatchesLoopOnCudaBf16) {
     got = run(e, x, rows, true);
   }
   expect_match(got, ref, 2e-2);
+}
+
+// Weight gradients added in place (WeightGradsInPlaceScope) equal the ones autograd accumulates:
+// routed experts (an expert with no rows keeps its gradient bit for bit) and the dense MLP
+// (weights passed as views), fp32 and bf16 autocast, onto gradients already holding a previous
+// micro-batch's. The parameters' gradient hooks show which path ran: autograd's accumulation
+// calls them with the gradient, the in-place path does not. Without a .grad to add to, the gradient
+// is returned.
+TEST(GroupedExperts, WeightGradsInPlaceEqualTheAccumulatedOnes) {
+  for (const bool bf16 : {false, true}) {
+    SCOPED_TRACE(bf16 ? "bf16 autocast" : "fp32");
+    AutocastState ac = AutocastState::current();
+    if (bf16) ac.cpu_enabled = true, ac.cpu_dtype = at::kBFloat16;
+    auto e = make_experts(4, 16, 24, torch::kCPU);
+    torch::manual_seed(6);
+    MLP mlp(16, 40);
+    std::vector<torch::Tensor> params = e->parameters();
+    for (auto& p : mlp->parameters()) params.push_back(p);
+    std::vector<int> hook_calls(params.size(), 0);
+    for (size_t i = 0; i < params.size(); ++i)
+      params[i].register_hook([&hook_calls, i](const torch::Tensor& g) {
+        if (g.defined()) ++hook_calls[i];  // autograd calls hooks with undefined gradients too
+      });
+    const std::vector<int64_t> rows = {5, 0, 9, 3};
+    auto x0 = torch::randn({17, 16});
+    auto previous = [&] {
+      std::vector<torch::Tensor> g;
+      torch::manual_seed(21);
+      for (auto& p : params) g.push_back(torch::randn(p.sizes()));
+      return g;
+    }();
+    // One micro-batch on top of `previous` (or on no gradient), in place or through autograd.
+    auto step = [&](bool in_place, bool preset) {
+      std::fill(hook_calls.begin(), hook_calls.end(), 0);
+      for (size_t i = 0; i < params.size(); ++i)
+        params[i].mutable_grad() = preset ? previous[i].clone() : torch::Tensor();
+      std::vector<void*> buffers;
+      for (auto& p : params) buffers.push_back(p.grad().defined() ? p.grad().data_ptr() : nullptr);
+      auto x = x0.detach().clone().requires_grad_();
+      torch::Tensor y;
+      {
+        AutocastScope scope(ac);
+        y = e->forward(x, rows).to(torch::kFloat32) + mlp->forward(x).to(torch::kFloat32);
+      }
+      torch::manual_seed(11);
+      auto upstream = torch::randn(y.sizes());
+      {
+        std::optional<WeightGradsInPlaceScope> scope;
+        if (in_place) scope.emplace();
+        EXPECT_TRUE(WeightGradsInPlaceScope::active() == in_place);
+        (y * upstream).sum().backward();
+      }
+      EXPECT_FALSE(WeightGradsInPlaceScope::active());
+      std::vector<torch::Tensor> g = {x.grad().clone()};
+      for (size_t i = 0; i < params.size(); ++i) {
+        g.push_back(params[i].grad().clone());
+        if (preset) {
+          EXPECT_EQ(params[i].grad().data_ptr(), buffers[i]) << "parameter " << i;
+        }
+      }
+      return g;
+    };
+    auto ref = step(/*in_place=*/false, /*preset=*/true);
+    EXPECT_EQ(hook_calls, std::vector<int>(params.size(), 1));
+    auto got = step(/*in_place=*/true, /*preset=*/true);
+    EXPECT_EQ(hook_calls, std::vector<int>(params.size(), 0)) << "the in-place path did not run";
+    ASSERT_EQ(got.size(), ref.size());
+    for (size_t i = 0; i < ref.size(); ++i) {
+      EXPECT_LT(max_rel_diff(got[i], ref[i]), 1e-6) << "tensor " << i;
+      EXPECT_EQ(got[i].scalar_type(), torch::kFloat32);
+    }
+    for (size_t i = 0; i < 3; ++i)  // routed expert 1 got no rows
+      EXPECT_TRUE(torch::equal(got[1 + i][1], previous[i][1])) << "weight " << i;
+    // No gradient to add to: returned, and accumulated by autograd as usual.
+    auto fresh_ref = step(false, false), fresh = step(true, false);
+    EXPECT_EQ(hook_calls, std::vector<int>(params.size(), 1));
+    for (size_t i = 0; i < fresh_ref.size(); ++i)
+      EXPECT_TRUE(torch::equal(fresh[i], fresh_ref[i])) << "tensor " << i;
+  }
 }
