@@ -491,6 +491,26 @@ bool cpu_fused_applies(const torch::Tensor& x) {
          (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64);
 }
 
+void add_converted(torch::Tensor& dst, const torch::Tensor& src) {
+  const bool fast = dst.device().is_cpu() && src.device().is_cpu() &&
+                    dst.scalar_type() == torch::kFloat32 && src.scalar_type() == torch::kBFloat16 &&
+                    dst.is_contiguous() && src.is_contiguous() && dst.sizes() == src.sizes();
+  if (!fast) {
+    dst.add_(src);
+    return;
+  }
+  float* d = dst.data_ptr<float>();
+  const c10::BFloat16* x = src.data_ptr<c10::BFloat16>();
+  at::parallel_for(0, dst.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+    float buf[kBf16Chunk];
+    for (int64_t o = begin; o < end; o += kBf16Chunk) {
+      const int64_t m = std::min(kBf16Chunk, end - o);
+      to_float(x + o, buf, m);
+      for (int64_t j = 0; j < m; ++j) d[o + j] += buf[j];
+    }
+  });
+}
+
 bool cpu_swiglu_applies(const torch::Tensor& x) {
   return cpu_fused_applies(x) || (x.device().is_cpu() && x.scalar_type() == torch::kBFloat16);
 }

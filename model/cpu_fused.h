@@ -49,6 +49,11 @@ std::pair<torch::Tensor, torch::Tensor> fused_swiglu_backward(const torch::Tenso
                                                               const torch::Tensor& u,
                                                               const torch::Tensor& dh);
 
+// dst += src for an fp32 dst and a bf16 src (contiguous, same shape, CPU) in one pass, the
+// conversion fused into the add; any other pair goes to dst.add_(src). ATen's mixed-dtype add_
+// converts through a temporary.
+void add_converted(torch::Tensor& dst, const torch::Tensor& src);
+
 // The MoE combine: out [T, D] with out[token[r]] += prob[r] * y[r] for every row r of y [N, D]
 // (token [N] int64 in [0, T), prob [N] floating; y contiguous CPU fp32/fp64). One autograd
 // function: backward gives dy[r] = prob[r] dout[token[r]] and dprob[r] = <dout[token[r]], y[r]>

@@ -130,7 +130,7 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       if (t.scalar_type() == a_t.scalar_type())
         t.addmm_(a_t, b);
       else
-        t.add_(at::mm(a_t, b));
+        add_converted(t, at::mm(a_t, b));
     };
     auto dh_MF = torch::empty_like(g_MF);
     for (int64_t e = 0, o = 0; e < E; o += rows[e], ++e) {

@@ -347,3 +347,25 @@ TEST(CpuFusedBf16, MLPUnderAutocastMatchesItsLinearReference) {
   auto ref = run(true), got = run(false);
   expect_close(got, ref, 2e-2, "mlp, bf16 autocast");
 }
+
+// dst += src with the bf16 -> fp32 conversion fused: bit for bit ATen's fp32 sum, on a length
+// with partial chunks and across parallel tasks; other dtype pairs and strided operands take
+// add_.
+TEST(CpuFusedBf16, AddConvertedEqualsTheFp32Sum) {
+  torch::manual_seed(14);
+  for (int64_t n : {7, 300, 40000}) {
+    auto dst = torch::randn({n});
+    auto src = torch::randn({n}).to(torch::kBFloat16);
+    auto want = dst + src.to(torch::kFloat32);
+    add_converted(dst, src);
+    EXPECT_TRUE(torch::equal(dst, want)) << "n " << n;
+  }
+  auto dst = torch::randn({6, 5}), src = torch::randn({5, 6}).to(torch::kBFloat16).t();
+  auto want = dst + src.to(torch::kFloat32);
+  add_converted(dst, src);
+  EXPECT_TRUE(torch::equal(dst, want)) << "strided source";
+  auto dd = torch::randn({9}, torch::kFloat64), sd = torch::randn({9}, torch::kFloat64);
+  auto want_d = dd + sd;
+  add_converted(dd, sd);
+  EXPECT_TRUE(torch::equal(dd, want_d)) << "fp64";
+}
