@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "model/cpu_vec.h"
 
@@ -19,22 +20,29 @@ using torch::autograd::tensor_list;
 constexpr int64_t kRowGrain = 32;  // rows per parallel task
 
 // y = rotate(x) on interleaved pairs: (x0 c - x1 s, x0 s + x1 c); inverse: the transpose.
-template <typename T>
-inline void rotate_pairs(const T* x, T* y, const T* c, const T* s, int64_t P, bool inverse) {
+// Computed in fp64 for fp64 data, fp32 otherwise (bf16 data with fp32 tables: rounded once, when
+// stored); x, y and the tables may have different types.
+template <typename X, typename Y, typename C>
+inline void rotate_pairs(const X* x, Y* y, const C* c, const C* s, int64_t P, bool inverse) {
+  using A = std::conditional_t<std::is_same_v<C, double>, double, float>;
   if (!inverse) {
     for (int64_t i = 0; i < P; ++i) {
-      const T x0 = x[2 * i], x1 = x[2 * i + 1];
-      y[2 * i] = x0 * c[i] - x1 * s[i];
-      y[2 * i + 1] = x0 * s[i] + x1 * c[i];
+      const A x0 = x[2 * i], x1 = x[2 * i + 1];
+      y[2 * i] = static_cast<Y>(x0 * c[i] - x1 * s[i]);
+      y[2 * i + 1] = static_cast<Y>(x0 * s[i] + x1 * c[i]);
     }
   } else {
     for (int64_t i = 0; i < P; ++i) {
-      const T g0 = x[2 * i], g1 = x[2 * i + 1];
-      y[2 * i] = g0 * c[i] + g1 * s[i];
-      y[2 * i + 1] = g1 * c[i] - g0 * s[i];
+      const A g0 = x[2 * i], g1 = x[2 * i + 1];
+      y[2 * i] = static_cast<Y>(g0 * c[i] + g1 * s[i]);
+      y[2 * i + 1] = static_cast<Y>(g1 * c[i] - g0 * s[i]);
     }
   }
 }
+
+// The rope tables' element type for data of type T: fp32 for bf16 data, T otherwise.
+template <typename T>
+using table_t = std::conditional_t<std::is_same_v<T, c10::BFloat16>, float, T>;
 
 void check_tables(const torch::Tensor& cos_SP,
                   const torch::Tensor& sin_SP,
@@ -43,10 +51,11 @@ void check_tables(const torch::Tensor& cos_SP,
   TORCH_CHECK(cos_SP.dim() == 2 && cos_SP.sizes() == sin_SP.sizes() && cos_SP.size(0) == S,
               "rope tables: cos ", cos_SP.sizes(), " and sin ", sin_SP.sizes(),
               " must both be [S=", S, ", R/2]");
-  TORCH_CHECK(cos_SP.scalar_type() == like.scalar_type() && cos_SP.is_contiguous() &&
-                  sin_SP.is_contiguous(),
-              "rope tables must be contiguous and of the input's dtype (", like.scalar_type(),
-              "), got ", cos_SP.scalar_type());
+  const auto want = like.scalar_type() == torch::kBFloat16 ? torch::kFloat32 : like.scalar_type();
+  TORCH_CHECK(cos_SP.scalar_type() == want && sin_SP.scalar_type() == want &&
+                  cos_SP.is_contiguous() && sin_SP.is_contiguous(),
+              "rope tables must be contiguous and ", want, " for a ", like.scalar_type(),
+              " input, got ", cos_SP.scalar_type());
 }
 
 // ---- RMSNorm -------------------------------------------------------------------------------
@@ -136,10 +145,10 @@ struct RopeTailFn : torch::autograd::Function<RopeTailFn> {
     const int64_t B = x.size(0), S = x.size(1), H = x.size(2), D = x.size(3);
     const int64_t P = c.size(1), N = D - 2 * P;
     auto y = torch::empty_like(x);
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_rope_tail", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fused_rope_tail", [&] {
       const scalar_t* xp = x.data_ptr<scalar_t>();
-      const scalar_t* cp = c.data_ptr<scalar_t>();
-      const scalar_t* sp = s.data_ptr<scalar_t>();
+      const auto* cp = c.data_ptr<table_t<scalar_t>>();
+      const auto* sp = s.data_ptr<table_t<scalar_t>>();
       scalar_t* yp = y.data_ptr<scalar_t>();
       at::parallel_for(0, B * S, kRowGrain / H + 1, [&](int64_t begin, int64_t end) {
         for (int64_t bs = begin; bs < end; ++bs) {
@@ -182,11 +191,11 @@ struct MLAKeyFn : torch::autograd::Function<MLAKeyFn> {
     const int64_t B = kn.size(0), S = kn.size(1), H = kn.size(2), N = kn.size(3);
     const int64_t P = cos_SP.size(1), R = 2 * P, D = N + R;
     auto out = torch::empty({B, S, H, D}, kn.options());
-    AT_DISPATCH_FLOATING_TYPES(kn.scalar_type(), "fused_mla_key", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, kn.scalar_type(), "fused_mla_key", [&] {
       const scalar_t* np = kn.data_ptr<scalar_t>();
       const scalar_t* rp = kr.data_ptr<scalar_t>();
-      const scalar_t* cp = cos_SP.data_ptr<scalar_t>();
-      const scalar_t* sp = sin_SP.data_ptr<scalar_t>();
+      const auto* cp = cos_SP.data_ptr<table_t<scalar_t>>();
+      const auto* sp = sin_SP.data_ptr<table_t<scalar_t>>();
       scalar_t* op = out.data_ptr<scalar_t>();
       const int64_t nb = kn.stride(0), ns = kn.stride(1), nh = kn.stride(2);
       const int64_t rb = kr.stride(0), rsd = kr.stride(1);
@@ -216,16 +225,17 @@ struct MLAKeyFn : torch::autograd::Function<MLAKeyFn> {
     const int64_t B = g.size(0), S = g.size(1), H = g.size(2), D = g.size(3);
     const int64_t P = c.size(1), R = 2 * P;
     auto d_rope = torch::empty({B, S, R}, g.options());
-    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "fused_mla_key_backward", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, g.scalar_type(), "fused_mla_key_backward", [&] {
+      using acc_t = table_t<scalar_t>;  // bf16 gradients summed over heads in fp32
       const scalar_t* gp = g.data_ptr<scalar_t>();
-      const scalar_t* cp = c.data_ptr<scalar_t>();
-      const scalar_t* sp = s.data_ptr<scalar_t>();
+      const auto* cp = c.data_ptr<acc_t>();
+      const auto* sp = s.data_ptr<acc_t>();
       scalar_t* dp = d_rope.data_ptr<scalar_t>();
       at::parallel_for(0, B * S, kRowGrain / H + 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> sum(R);
+        std::vector<acc_t> sum(R);
         for (int64_t bs = begin; bs < end; ++bs) {
           const int64_t pos = bs % S;
-          std::fill(sum.begin(), sum.end(), scalar_t(0));
+          std::fill(sum.begin(), sum.end(), acc_t(0));
           for (int64_t h = 0; h < H; ++h) {
             const scalar_t* gi = gp + (bs * H + h) * D + N;
             for (int64_t j = 0; j < R; ++j) sum[j] += gi[j];
@@ -366,7 +376,7 @@ inline void swiglu_backward_span(const c10::BFloat16* g,
 
 void check_swiglu(const std::vector<torch::Tensor>& ts) {
   for (const auto& t : ts)
-    TORCH_CHECK(cpu_swiglu_applies(t) && t.is_contiguous() && t.sizes() == ts[0].sizes() &&
+    TORCH_CHECK(cpu_fused_bf16_applies(t) && t.is_contiguous() && t.sizes() == ts[0].sizes() &&
                     t.scalar_type() == ts[0].scalar_type(),
                 "fused_swiglu: needs contiguous CPU fp32/fp64/bf16 tensors of one shape and dtype, "
                 "got ",
@@ -511,7 +521,7 @@ void add_converted(torch::Tensor& dst, const torch::Tensor& src) {
   });
 }
 
-bool cpu_swiglu_applies(const torch::Tensor& x) {
+bool cpu_fused_bf16_applies(const torch::Tensor& x) {
   return cpu_fused_applies(x) || (x.device().is_cpu() && x.scalar_type() == torch::kBFloat16);
 }
 
@@ -526,9 +536,9 @@ torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& w, dou
 torch::Tensor fused_rope_tail(const torch::Tensor& q_BSHD,
                               const torch::Tensor& cos_SP,
                               const torch::Tensor& sin_SP) {
-  TORCH_CHECK(cpu_fused_applies(q_BSHD) && q_BSHD.dim() == 4,
-              "fused_rope_tail: needs a CPU fp32/fp64 [B, S, H, D] query, got ", q_BSHD.sizes(),
-              " ", q_BSHD.scalar_type());
+  TORCH_CHECK(cpu_fused_bf16_applies(q_BSHD) && q_BSHD.dim() == 4,
+              "fused_rope_tail: needs a CPU fp32/fp64/bf16 [B, S, H, D] query, got ",
+              q_BSHD.sizes(), " ", q_BSHD.scalar_type());
   check_tables(cos_SP, sin_SP, q_BSHD.size(1), q_BSHD);
   TORCH_CHECK(2 * cos_SP.size(1) <= q_BSHD.size(3), "fused_rope_tail: ", 2 * cos_SP.size(1),
               " rope dims exceed the head dim ", q_BSHD.size(3));
@@ -539,9 +549,11 @@ torch::Tensor fused_mla_key(const torch::Tensor& k_nope_BSHN,
                             const torch::Tensor& k_rope_BSR,
                             const torch::Tensor& cos_SP,
                             const torch::Tensor& sin_SP) {
-  TORCH_CHECK(cpu_fused_applies(k_nope_BSHN) && k_nope_BSHN.dim() == 4 && k_rope_BSR.dim() == 3,
-              "fused_mla_key: needs CPU fp32/fp64 k_nope [B, S, H, N] and k_rope [B, S, R], got ",
-              k_nope_BSHN.sizes(), " and ", k_rope_BSR.sizes());
+  TORCH_CHECK(
+      cpu_fused_bf16_applies(k_nope_BSHN) && k_nope_BSHN.dim() == 4 && k_rope_BSR.dim() == 3,
+      "fused_mla_key: needs CPU fp32/fp64/bf16 k_nope [B, S, H, N] and k_rope [B, S, R], "
+      "got ",
+      k_nope_BSHN.sizes(), " and ", k_rope_BSR.sizes());
   TORCH_CHECK(k_rope_BSR.scalar_type() == k_nope_BSHN.scalar_type() &&
                   k_rope_BSR.size(0) == k_nope_BSHN.size(0) &&
                   k_rope_BSR.size(1) == k_nope_BSHN.size(1),

@@ -19,13 +19,18 @@ namespace condensa::model {
 // True when the fused kernels take x: a CPU tensor in fp32 or fp64 (bf16 under CPU autocast
 // and every CUDA tensor use the ATen compositions).
 bool cpu_fused_applies(const torch::Tensor& x);
+// True when the kernels that also take bf16 (CPU autocast) take x: a CPU tensor in fp32, fp64
+// or bf16. Those are SwiGLU and the rope heads (fused_rope_tail, fused_mla_key: bf16 data with
+// fp32 tables, computed in fp32 and rounded once).
+bool cpu_fused_bf16_applies(const torch::Tensor& x);
 
 // RMSNorm over the last dim: y = x * rsqrt(mean(x^2) + eps) * w, in x's dtype. x [..., D] with a
 // unit stride in the last dim or any layout (copied once then); w [D].
 torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps);
 
 // q [B, S, H, N+R] -> a new [B, S, H, N+R]: the first N dims copied, the trailing R dims
-// rotated as interleaved pairs (2i, 2i+1) by cos/sin [S, P] (the rows of the positions).
+// rotated as interleaved pairs (2i, 2i+1) by cos/sin [S, P] (the rows of the positions; fp32
+// for a bf16 q, q's dtype otherwise).
 torch::Tensor fused_rope_tail(const torch::Tensor& q_BSHD,
                               const torch::Tensor& cos_SP,
                               const torch::Tensor& sin_SP);
@@ -36,9 +41,6 @@ torch::Tensor fused_mla_key(const torch::Tensor& k_nope_BSHN,
                             const torch::Tensor& k_rope_BSR,
                             const torch::Tensor& cos_SP,
                             const torch::Tensor& sin_SP);
-
-// True when fused_swiglu takes x: a CPU tensor in fp32, fp64 or bf16.
-bool cpu_swiglu_applies(const torch::Tensor& x);
 
 // SwiGLU's product h = silu(g) * u, element-wise over same-shape contiguous CPU fp32/fp64/bf16
 // tensors, in one pass (no autograd: the experts' autograd function calls it). bf16 tensors

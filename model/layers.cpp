@@ -105,7 +105,7 @@ torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
   // On the CPU (fp32/fp64, bf16 autocast included): the experts' autograd function with one
   // expert (SwiGLU in one fused pass, contiguous weight gradients); the Linear composition is its
   // reference.
-  if (cpu_swiglu_applies(x)) {
+  if (cpu_fused_bf16_applies(x)) {
     const int64_t D = x.size(-1);
     auto x_TD = x.reshape({-1, D});
     auto y_TD =
@@ -207,11 +207,14 @@ torch::Tensor MLAImpl::forward(const torch::Tensor& x,
   auto latent = kv[0];
   // Training and evaluation on the CPU in fp32/fp64 assemble the rope heads in fused kernels
   // (cpu_fused.h); the ATen composition below is their reference and serves the rest.
-  const bool fused_rope = !cache && cpu_fused_applies(q) && cpu_fused_applies(kv[1]);
+  const bool fused_rope = !cache && cpu_fused_bf16_applies(q) && cpu_fused_bf16_applies(kv[1]) &&
+                          q.scalar_type() == kv[1].scalar_type();
   torch::Tensor q_nope, q_rope, k_rope, qf, cos_SP, sin_SP;
   if (fused_rope) {
-    cos_SP = rope.cos_SR.narrow(0, start_pos, S).to(q.scalar_type()).contiguous();
-    sin_SP = rope.sin_SR.narrow(0, start_pos, S).to(q.scalar_type()).contiguous();
+    // The tables in fp32 for bf16 heads (the reference's apply_rope computes in fp32 too).
+    const auto table = q.scalar_type() == torch::kBFloat16 ? torch::kFloat32 : q.scalar_type();
+    cos_SP = rope.cos_SR.narrow(0, start_pos, S).to(table).contiguous();
+    sin_SP = rope.sin_SR.narrow(0, start_pos, S).to(table).contiguous();
     qf = fused_rope_tail(q.view({B, S, H, nope + R}), cos_SP, sin_SP);
     k_rope = kv[1];  // rotated inside fused_mla_key
   } else {

@@ -41,7 +41,7 @@ using torch::autograd::tensor_list;
 // silu(g) * u: one fused pass on the CPU in fp32/fp64/bf16 (cpu_fused.h), ATen operators
 // otherwise.
 torch::Tensor swiglu(const torch::Tensor& g, const torch::Tensor& u) {
-  return cpu_swiglu_applies(g) ? fused_swiglu(g, u) : torch::silu(g) * u;
+  return cpu_fused_bf16_applies(g) ? fused_swiglu(g, u) : torch::silu(g) * u;
 }
 
 // All local experts as one autograd function. Forward runs each expert's gate and up products
@@ -145,7 +145,7 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       at::mm_out(dh_e, dy_e, down[e]);
     }
     torch::Tensor dg_MF, du_MF;
-    if (cpu_swiglu_applies(g_MF)) {
+    if (cpu_fused_bf16_applies(g_MF)) {
       std::tie(dg_MF, du_MF) = fused_swiglu_backward(g_MF, u_MF, dh_MF);
     } else {
       du_MF = dh_MF * torch::silu(g_MF);

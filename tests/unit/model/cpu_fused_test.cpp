@@ -369,3 +369,64 @@ TEST(CpuFusedBf16, AddConvertedEqualsTheFp32Sum) {
   add_converted(dd, sd);
   EXPECT_TRUE(torch::equal(dd, want_d)) << "fp64";
 }
+
+// The rope heads in bf16 (CPU autocast) with fp32 tables against the ATen composition in bf16
+// (apply_rope computes in fp32 and rounds once): the query's rope tail bit for bit, output and
+// gradient; the key heads' output and k_nope gradient bit for bit. The k_rope gradient is the
+// fp32 kernel's rounded once (the fused backward sums the heads in fp32; the composition rounds
+// that sum to bf16 before rotating it, so the two differ by bf16 roundings, which cancellation
+// in the rotation can make large next to a small entry). bf16 tables are an error naming the
+// dtype wanted.
+TEST(CpuFusedBf16, RopeHeadsMatchTheCompositionInBf16) {
+  const int64_t B = 2, S = 19, H = 4, N = 6, Dv = 5, R = 8, C = 7;
+  auto rope = tables(R, 32);
+  const auto bf = torch::kBFloat16;
+  auto cos = rope.cos_SR.narrow(0, 0, S).to(torch::kFloat32).contiguous();
+  auto sin = rope.sin_SR.narrow(0, 0, S).to(torch::kFloat32).contiguous();
+  torch::manual_seed(15);
+  auto q = torch::randn({B, S, H, N + R}).to(bf);
+  auto ref_q = output_and_grads(
+      [&](const std::vector<torch::Tensor>& in) {
+        auto parts = in[0].split_with_sizes({N, R}, -1);
+        return torch::cat({parts[0], apply_rope(parts[1], rope, 0)}, -1);
+      },
+      {q});
+  auto got_q = output_and_grads(
+      [&](const std::vector<torch::Tensor>& in) { return fused_rope_tail(in[0], cos, sin); }, {q});
+  ASSERT_EQ(got_q[0].scalar_type(), bf);
+  EXPECT_TRUE(torch::equal(got_q[0], ref_q[0])) << "rope tail output";
+  EXPECT_TRUE(torch::equal(got_q[1], ref_q[1])) << "rope tail gradient";
+
+  auto kv_up = torch::randn({B, S, H, N + Dv}).to(bf);
+  auto kv_a = torch::randn({B, S, C + R}).to(bf);
+  auto k_nope = kv_up.narrow(-1, 0, N), k_rope = kv_a.narrow(-1, C, R);
+  auto ref_k = output_and_grads(
+      [&](const std::vector<torch::Tensor>& in) {
+        auto kr = apply_rope(in[1].unsqueeze(2), rope, 0).squeeze(2);
+        return torch::cat({in[0], kr.unsqueeze(2).expand({B, S, H, R})}, -1);
+      },
+      {k_nope, k_rope});
+  auto got_k = output_and_grads(
+      [&](const std::vector<torch::Tensor>& in) { return fused_mla_key(in[0], in[1], cos, sin); },
+      {k_nope, k_rope});
+  ASSERT_EQ(got_k[0].scalar_type(), bf);
+  EXPECT_TRUE(torch::equal(got_k[0], ref_k[0])) << "key heads output";
+  EXPECT_TRUE(torch::equal(got_k[1], ref_k[1])) << "k_nope gradient";
+  // The k_rope gradient: the fp32 kernel's on the same (bf16-valued) inputs and upstream
+  // gradient, rounded once.
+  const auto f32 = torch::kFloat32;
+  auto upstream = torch::randn({B, S, H, N + R}).to(bf);
+  auto kr = k_rope.detach().clone().requires_grad_();
+  (fused_mla_key(k_nope, kr, cos, sin).to(f32) * upstream.to(f32)).sum().backward();
+  auto kr32 = k_rope.to(f32).requires_grad_();
+  (fused_mla_key(k_nope.to(f32), kr32, cos, sin) * upstream.to(f32)).sum().backward();
+  EXPECT_TRUE(torch::equal(kr.grad(), kr32.grad().to(bf))) << "k_rope gradient";
+  EXPECT_LT(max_rel_diff(got_k[2].to(f32), ref_k[2].to(f32)), 1.0 / 32) << "k_rope gradient";
+  try {
+    fused_rope_tail(q, cos.to(bf), sin.to(bf));
+    FAIL() << "bf16 tables accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Float for a BFloat16 input"), std::string::npos)
+        << e.what();
+  }
+}
