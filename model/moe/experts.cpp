@@ -35,6 +35,9 @@ torch::Tensor in_place_grad(const torch::Tensor& param, at::IntArrayRef sizes) {
   return g.view(sizes);
 }
 
+// The saved_data key of weight input i's parameter (0 gate, 1 up, 2 down).
+std::string param_key(size_t i) { return "param" + std::to_string(i); }
+
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
@@ -91,7 +94,7 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
     const std::array<const torch::Tensor*, 3> weights = {&gate_EFD, &up_EFD, &down_EDF};
     for (size_t i = 0; i < weights.size(); ++i) {
       auto p = parameter_behind(*weights[i]);
-      if (p.defined()) ctx->saved_data["param" + std::to_string(i)] = p;
+      if (p.defined()) ctx->saved_data[param_key(i)] = p;
     }
     ctx->saved_data["rows"] = rows;
     ctx->saved_data["dtypes"] = std::vector<int64_t>{
@@ -113,7 +116,7 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
     std::array<torch::Tensor, 3> into, ret;
     const std::array<const torch::Tensor*, 3> w = {&gate, &up, &down};
     for (size_t i = 0; i < 3; ++i) {
-      const auto key = "param" + std::to_string(i);
+      const auto key = param_key(i);
       if (ctx->saved_data.count(key))
         into[i] = in_place_grad(ctx->saved_data[key].toTensor(), w[i]->sizes());
       if (!into[i].defined()) ret[i] = torch::empty_like(*w[i]);

@@ -55,6 +55,22 @@ RopeTables tables(int64_t R, int64_t max_seq) {
   return make_rope_tables(c);
 }
 
+// The ATen compositions the rope kernels replace: the query with its last R dims rotated, and
+// the key heads cat(k_nope, rope(k_rope) for every head).
+torch::Tensor rope_tail_reference(const torch::Tensor& q, const RopeTables& rope, int64_t start) {
+  const int64_t R = rope.cos_SR.size(1) * 2, N = q.size(-1) - R;
+  auto parts = q.split_with_sizes({N, R}, -1);
+  return torch::cat({parts[0], apply_rope(parts[1], rope, start)}, -1);
+}
+
+torch::Tensor mla_key_reference(const torch::Tensor& k_nope,
+                                const torch::Tensor& k_rope,
+                                const RopeTables& rope) {
+  const int64_t B = k_nope.size(0), S = k_nope.size(1), H = k_nope.size(2), R = k_rope.size(2);
+  auto kr = apply_rope(k_rope.unsqueeze(2), rope, 0).squeeze(2);
+  return torch::cat({k_nope, kr.unsqueeze(2).expand({B, S, H, R})}, -1);
+}
+
 class CpuFused : public ::testing::TestWithParam<std::tuple<torch::ScalarType, int>> {
  protected:
   void SetUp() override {
@@ -98,10 +114,7 @@ TEST_P(CpuFused, RopeTailMatchesSplitRopeCat) {
   torch::manual_seed(4);
   auto q = torch::randn({B, S, H, N + R}, dtype());
   auto ref = output_and_grads(
-      [&](const std::vector<torch::Tensor>& in) {
-        auto parts = in[0].split_with_sizes({N, R}, -1);
-        return torch::cat({parts[0], apply_rope(parts[1], rope, start)}, -1);
-      },
+      [&](const std::vector<torch::Tensor>& in) { return rope_tail_reference(in[0], rope, start); },
       {q});
   auto cos = rope.cos_SR.narrow(0, start, S).to(dtype()).contiguous();
   auto sin = rope.sin_SR.narrow(0, start, S).to(dtype()).contiguous();
@@ -119,10 +132,7 @@ TEST_P(CpuFused, MLAKeyMatchesCatOfNopeAndExpandedRope) {
   auto kv_a = torch::randn({B, S, C + R}, dtype());
   auto k_nope = kv_up.narrow(-1, 0, N), k_rope = kv_a.narrow(-1, C, R);
   auto ref = output_and_grads(
-      [&](const std::vector<torch::Tensor>& in) {
-        auto kr = apply_rope(in[1].unsqueeze(2), rope, 0).squeeze(2);
-        return torch::cat({in[0], kr.unsqueeze(2).expand({B, S, H, R})}, -1);
-      },
+      [&](const std::vector<torch::Tensor>& in) { return mla_key_reference(in[0], in[1], rope); },
       {k_nope, k_rope});
   auto cos = rope.cos_SR.narrow(0, 0, S).to(dtype()).contiguous();
   auto sin = rope.sin_SR.narrow(0, 0, S).to(dtype()).contiguous();
@@ -386,10 +396,7 @@ TEST(CpuFusedBf16, RopeHeadsMatchTheCompositionInBf16) {
   torch::manual_seed(15);
   auto q = torch::randn({B, S, H, N + R}).to(bf);
   auto ref_q = output_and_grads(
-      [&](const std::vector<torch::Tensor>& in) {
-        auto parts = in[0].split_with_sizes({N, R}, -1);
-        return torch::cat({parts[0], apply_rope(parts[1], rope, 0)}, -1);
-      },
+      [&](const std::vector<torch::Tensor>& in) { return rope_tail_reference(in[0], rope, 0); },
       {q});
   auto got_q = output_and_grads(
       [&](const std::vector<torch::Tensor>& in) { return fused_rope_tail(in[0], cos, sin); }, {q});
@@ -401,10 +408,7 @@ TEST(CpuFusedBf16, RopeHeadsMatchTheCompositionInBf16) {
   auto kv_a = torch::randn({B, S, C + R}).to(bf);
   auto k_nope = kv_up.narrow(-1, 0, N), k_rope = kv_a.narrow(-1, C, R);
   auto ref_k = output_and_grads(
-      [&](const std::vector<torch::Tensor>& in) {
-        auto kr = apply_rope(in[1].unsqueeze(2), rope, 0).squeeze(2);
-        return torch::cat({in[0], kr.unsqueeze(2).expand({B, S, H, R})}, -1);
-      },
+      [&](const std::vector<torch::Tensor>& in) { return mla_key_reference(in[0], in[1], rope); },
       {k_nope, k_rope});
   auto got_k = output_and_grads(
       [&](const std::vector<torch::Tensor>& in) { return fused_mla_key(in[0], in[1], cos, sin); },
