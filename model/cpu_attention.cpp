@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "model/cpu_fused.h"
 #include "model/cpu_vec.h"
 
 namespace condensa::model {
@@ -293,6 +294,7 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
                                const torch::Tensor& k_in,
                                const torch::Tensor& v_in,
                                double scale) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
     const int64_t B = q.size(0), S = q.size(1), H = q.size(2), Dqk = q.size(3), Dv = v.size(3);
     auto out = torch::empty({B, S, H, Dv}, v.options());
@@ -327,6 +329,7 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const auto saved = ctx->get_saved_variables();
     const auto &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
     const auto& probs = saved[5];
@@ -391,10 +394,17 @@ bool cpu_attention_uses_blas_gemm() { return fortran_gemm<float>() && fortran_ge
 
 bool cpu_attention_applies(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
   const auto t = q.scalar_type();
-  // Under CPU autocast, scaled_dot_product_attention runs (and casts) in the autocast dtype.
-  return q.device().is_cpu() && !at::autocast::is_autocast_enabled(at::kCPU) &&
-         (t == torch::kFloat32 || t == torch::kFloat64) && k.scalar_type() == t &&
-         v.scalar_type() == t && k.device().is_cpu() && v.device().is_cpu();
+  if (!q.device().is_cpu() || !k.device().is_cpu() || !v.device().is_cpu() ||
+      k.scalar_type() != t || v.scalar_type() != t)
+    return false;
+  // Under CPU autocast, attention runs in the autocast dtype (as scaled_dot_product_attention
+  // casts): bf16, from fp32 or bf16 inputs.
+  // bf16 goes through the fp32 kernel only while bf16 products are widened (cpu_fused.h).
+  if (at::autocast::is_autocast_enabled(at::kCPU))
+    return at::autocast::get_autocast_dtype(at::kCPU) == torch::kBFloat16 &&
+           (t == torch::kFloat32 || t == torch::kBFloat16) && cpu_bf16_products_widened();
+  return t == torch::kFloat32 || t == torch::kFloat64 ||
+         (t == torch::kBFloat16 && cpu_bf16_products_widened());
 }
 
 torch::Tensor cpu_causal_attention(const torch::Tensor& q,
@@ -402,14 +412,22 @@ torch::Tensor cpu_causal_attention(const torch::Tensor& q,
                                    const torch::Tensor& v,
                                    double scale) {
   TORCH_CHECK(cpu_attention_applies(q, k, v),
-              "cpu_causal_attention: needs CPU q, k, v of one dtype, fp32 or fp64; got ",
+              "cpu_causal_attention: needs CPU q, k, v of one dtype, fp32 or fp64, or bf16 (fp32 "
+              "or bf16 under bf16 CPU autocast) with widened bf16 products; got ",
               q.scalar_type(), ", ", k.scalar_type(), ", ", v.scalar_type());
   TORCH_CHECK(scale > 0, "cpu_causal_attention: the softmax scale must be > 0, got ", scale);
   TORCH_CHECK(q.dim() == 4 && q.sizes() == k.sizes() && v.dim() == 4 &&
                   v.sizes().slice(0, 3) == q.sizes().slice(0, 3),
               "cpu_causal_attention: q ", q.sizes(), ", k ", k.sizes(), ", v ", v.sizes(),
               " must be [B, S, H, Dqk], [B, S, H, Dqk], [B, S, H, Dv]");
-  return CausalAttentionFn::apply(q, k, v, scale);
+  const bool bf16 =
+      at::autocast::is_autocast_enabled(at::kCPU) || q.scalar_type() == torch::kBFloat16;
+  if (!bf16) return CausalAttentionFn::apply(q, k, v, scale);
+  // bf16: the fp32 kernel on the widened inputs (exact), its output rounded to bf16 once; the
+  // gradients come back through the casts, rounded once too. The same contract as a bf16 fused
+  // kernel (bf16 in and out, fp32 accumulation and softmax), with P V in fp32 as well.
+  auto widen = [](const torch::Tensor& x) { return x.to(torch::kBFloat16).to(torch::kFloat32); };
+  return CausalAttentionFn::apply(widen(q), widen(k), widen(v), scale).to(torch::kBFloat16);
 }
 
 }  // namespace condensa::model

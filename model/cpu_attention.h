@@ -1,5 +1,5 @@
-// Causal attention on the CPU (fp32/fp64) for full sequences, with MLA's unequal query/key
-// and value head dims taken as they are.
+// Causal attention on the CPU (fp32/fp64, and bf16 through fp32) for full sequences, with MLA's
+// unequal query/key and value head dims taken as they are.
 //
 // Key design choice: per (batch, head), blocks of query rows against the keys up to the block's
 // last row, so the blocks above the diagonal are never multiplied; softmax, masking and the
@@ -18,12 +18,15 @@
 
 namespace condensa::model {
 
-// Whether cpu_causal_attention takes these tensors: CPU, fp32 or fp64, all one dtype, and CPU
-// autocast off.
+// Whether cpu_causal_attention takes these tensors: CPU, all one dtype, fp32 or fp64 with CPU
+// autocast off; bf16 (fp32 or bf16 under bf16 CPU autocast) while bf16 products are widened
+// (cpu_fused.h; otherwise LibTorch's bf16 flash kernel serves bf16).
 bool cpu_attention_applies(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
 
 // softmax(q k^T * scale + causal mask) v. q, k [B, S, H, Dqk], v [B, S, H, Dv] (any strides with
-// a unit last stride, else copied) -> [B, S, H, Dv]; query i sees keys 0..i.
+// a unit last stride, else copied) -> [B, S, H, Dv]; query i sees keys 0..i. bf16 (bf16 inputs,
+// or any under CPU autocast): the inputs rounded to bf16, computed in fp32, the output and the
+// input gradients rounded to bf16 once.
 torch::Tensor cpu_causal_attention(const torch::Tensor& q,
                                    const torch::Tensor& k,
                                    const torch::Tensor& v,

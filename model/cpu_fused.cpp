@@ -2,10 +2,14 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/cpu/Utils.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <type_traits>
 
 #include "model/cpu_vec.h"
@@ -584,6 +588,113 @@ torch::Tensor fused_weighted_combine(const torch::Tensor& y_ND,
                 lo < 0 ? lo : hi, " is outside [0, ", num_tokens, ")");
   }
   return WeightedCombineFn::apply(y_ND, token_N, prob_N, num_tokens);
+}
+
+// ---- bf16 products ---------------------------------------------------------------------------
+
+namespace {
+
+std::atomic<int> g_bf16_products{static_cast<int>(CpuBf16Products::kAuto)};
+
+bool cpu_has_amx_bf16() {
+#if defined(__x86_64__)
+  static const bool amx = [] {
+    const auto caps = at::cpu::get_cpu_capabilities();
+    const auto it = caps.find("amx_bf16");
+    return it != caps.end() && it->second.isBool() && it->second.toBool() && at::cpu::init_amx();
+  }();
+  return amx;
+#else
+  return true;  // other architectures: LibTorch's bf16 kernels
+#endif
+}
+
+bool bf16_autocast_on() {
+  return at::autocast::is_autocast_enabled(at::kCPU) &&
+         at::autocast::get_autocast_dtype(at::kCPU) == torch::kBFloat16;
+}
+
+// y = x w^T with widened bf16 operands (cpu_bf16_linear).
+struct WidenedLinearFn : torch::autograd::Function<WidenedLinearFn> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx,
+                               const torch::Tensor& x,
+                               const torch::Tensor& w) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    auto xb = x.to(torch::kBFloat16), wb = w.to(torch::kBFloat16);
+    const int64_t K = w.size(1), N = w.size(0);
+    auto sizes = x.sizes().vec();
+    sizes.back() = N;
+    auto y = at::mm(xb.reshape({-1, K}).to(torch::kFloat32), wb.to(torch::kFloat32).t());
+    ctx->save_for_backward({xb, wb});
+    ctx->saved_data["dtypes"] = std::vector<int64_t>{static_cast<int64_t>(x.scalar_type()),
+                                                     static_cast<int64_t>(w.scalar_type())};
+    return y.to(torch::kBFloat16).view(sizes);
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const auto saved = ctx->get_saved_variables();
+    const auto &xb = saved[0], &wb = saved[1];
+    const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
+    const int64_t K = wb.size(1), N = wb.size(0);
+    // The upstream gradient in bf16, as the bf16 product's would be.
+    auto dy = grads[0].to(torch::kBFloat16).reshape({-1, N}).to(torch::kFloat32);
+    torch::Tensor dx, dw;
+    if (ctx->needs_input_grad(0))
+      dx = at::mm(dy, wb.to(torch::kFloat32))
+               .to(torch::kBFloat16)
+               .to(static_cast<at::ScalarType>(dtypes[0]))
+               .view(xb.sizes());
+    if (ctx->needs_input_grad(1))
+      dw = at::mm(dy.t(), xb.reshape({-1, K}).to(torch::kFloat32))
+               .to(static_cast<at::ScalarType>(dtypes[1]));
+    return {dx, dw};
+  }
+};
+
+}  // namespace
+
+CpuBf16Products parse_cpu_bf16_products(const std::string& name) {
+  if (name == "auto") return CpuBf16Products::kAuto;
+  if (name == "native") return CpuBf16Products::kNative;
+  if (name == "widened") return CpuBf16Products::kWidened;
+  throw std::invalid_argument("cpu_bf16_products = '" + name +
+                              "': must be one of auto | native | widened");
+}
+
+void set_cpu_bf16_products(CpuBf16Products policy) { g_bf16_products = static_cast<int>(policy); }
+
+bool cpu_bf16_products_widened() {
+  return cpu_bf16_products_widened(
+      static_cast<CpuBf16Products>(g_bf16_products.load(std::memory_order_relaxed)));
+}
+
+bool cpu_bf16_products_widened(CpuBf16Products policy) {
+  switch (policy) {
+    case CpuBf16Products::kNative:
+      return false;
+    case CpuBf16Products::kWidened:
+      return true;
+    case CpuBf16Products::kAuto:
+      break;
+  }
+  return !cpu_has_amx_bf16();
+}
+
+bool cpu_widens_bf16(const torch::Tensor& x) {
+  return x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 && cpu_bf16_products_widened();
+}
+
+torch::Tensor cpu_bf16_linear(const torch::Tensor& x, const torch::Tensor& w) {
+  const bool widen = x.device().is_cpu() && w.device().is_cpu() && bf16_autocast_on() &&
+                     at::isFloatingType(x.scalar_type()) && w.dim() == 2 &&
+                     x.scalar_type() != torch::kFloat64 && w.scalar_type() != torch::kFloat64 &&
+                     cpu_bf16_products_widened();
+  if (!widen) return torch::nn::functional::linear(x, w);
+  TORCH_CHECK(x.size(-1) == w.size(1), "cpu_bf16_linear: x ", x.sizes(), " against weight ",
+              w.sizes());
+  return WidenedLinearFn::apply(x, w);
 }
 
 }  // namespace condensa::model

@@ -14,6 +14,8 @@
 
 #include <torch/torch.h>
 
+#include <string>
+
 namespace condensa::model {
 
 // True when the fused kernels take x: a CPU tensor in fp32 or fp64 (bf16 under CPU autocast
@@ -23,6 +25,29 @@ bool cpu_fused_applies(const torch::Tensor& x);
 // or bf16. Those are SwiGLU and the rope heads (fused_rope_tail, fused_mla_key: bf16 data with
 // fp32 tables, computed in fp32 and rounded once).
 bool cpu_fused_bf16_applies(const torch::Tensor& x);
+
+// Which instructions compute the products of bf16 operands on the CPU (bf16 autocast) in the
+// experts' function, the attention kernel and the linear layers: LibTorch's bf16 kernels (oneDNN:
+// AMX tiles, or AVX512-BF16 dot products) or fp32 GEMMs on the operands widened to fp32. Both
+// take bf16 operands (exact in fp32), accumulate in fp32 and round each result to bf16 once;
+// they differ in summation order. Without AMX the fp32 FMAs run about twice the rate of the bf16
+// dot products (docs/performance.md), so kAuto widens unless the x86 CPU has AMX-BF16 (other
+// architectures: native). Set from `model.cpu_bf16_products` when a model is built.
+enum class CpuBf16Products { kAuto, kNative, kWidened };
+// "auto" | "native" | "widened"; throws std::invalid_argument naming any other value.
+CpuBf16Products parse_cpu_bf16_products(const std::string& name);
+void set_cpu_bf16_products(CpuBf16Products policy);
+// Whether bf16 products are widened now, or under `policy` (kAuto resolved for this CPU).
+bool cpu_bf16_products_widened();
+bool cpu_bf16_products_widened(CpuBf16Products policy);
+// True when x is a CPU bf16 tensor and bf16 products are widened.
+bool cpu_widens_bf16(const torch::Tensor& x);
+
+// y = x w^T for a CPU x [..., K] and w [N, K] under bf16 CPU autocast with widened products:
+// x and w rounded to bf16, the product of their fp32 widenings rounded to bf16 once; backward
+// gives dx rounded to bf16 and dw in fp32 (w's dtype) from the widened operands. Any other case
+// (no autocast, native products, another device) is torch::nn::functional::linear.
+torch::Tensor cpu_bf16_linear(const torch::Tensor& x, const torch::Tensor& w);
 
 // RMSNorm over the last dim: y = x * rsqrt(mean(x^2) + eps) * w, in x's dtype. x [..., D] with a
 // unit stride in the last dim or any layout (copied once then); w [D].

@@ -118,6 +118,10 @@ torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
   return mlp_reference(x);
 }
 
+torch::Tensor linear(const torch::nn::Linear& m, const torch::Tensor& x) {
+  return m->options.bias() ? m.ptr()->forward(x) : cpu_bf16_linear(x, m->weight);
+}
+
 torch::Tensor MLPImpl::mlp_reference(const torch::Tensor& x) {
   return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
 }
@@ -194,16 +198,16 @@ torch::Tensor MLAImpl::forward(const torch::Tensor& x,
   // Query: direct, or down-projection -> RMSNorm -> up-projection (recomputable).
   torch::Tensor q;
   if (cfg.q_lora_rank == 0) {
-    q = q_proj(x);
+    q = linear(q_proj, x);
   } else {
-    auto q_latent = q_a_proj(x);
-    auto up = [this](const torch::Tensor& t) { return q_b_proj(q_a_layernorm(t)); };
+    auto q_latent = linear(q_a_proj, x);
+    auto up = [this](const torch::Tensor& t) { return linear(q_b_proj, q_a_layernorm(t)); };
     q = recompute_up ? recompute(up, q_latent) : up(q_latent);
   }
   // Keys/values: one shared latent (normalised) plus one shared rope key per position.
   // split (not narrow): its backward concatenates the parts' gradients once, where each
   // narrow's backward writes a zero-filled tensor of the whole size.
-  auto kv = kv_a_proj_with_mqa(x).split_with_sizes({C, R}, -1);
+  auto kv = linear(kv_a_proj_with_mqa, x).split_with_sizes({C, R}, -1);
   auto latent = kv[0];
   // Training and evaluation on the CPU in fp32/fp64 assemble the rope heads in fused kernels
   // (cpu_fused.h); the ATen composition below is their reference and serves the rest.
@@ -235,9 +239,10 @@ torch::Tensor MLAImpl::forward(const torch::Tensor& x,
     k_rope = cache->k_rope_BSR;
   }
   const int64_t L = norm_latent.size(1);
-  auto kv_up = recompute_up
-                   ? recompute([this](const torch::Tensor& t) { return kv_b_proj(t); }, norm_latent)
-                   : kv_b_proj(norm_latent);
+  auto kv_up =
+      recompute_up
+          ? recompute([this](const torch::Tensor& t) { return linear(kv_b_proj, t); }, norm_latent)
+          : linear(kv_b_proj, norm_latent);
   auto kv_parts = kv_up.view({B, L, H, nope + Dv}).split_with_sizes({nope, Dv}, -1);
   auto k_nope = kv_parts[0];
   auto v = kv_parts[1];
@@ -253,7 +258,7 @@ torch::Tensor MLAImpl::forward(const torch::Tensor& x,
   const bool fused = cfg.attention_impl == "sdpa" && start_pos == 0 && L == S;
   auto out = fused ? fused_causal_attention(qf, k, v, softmax_scale)
                    : causal_attention(qf, k, v, softmax_scale, start_pos);  // [B, S, H, Dv]
-  return o_proj(out.reshape({B, S, H * Dv}));
+  return linear(o_proj, out.reshape({B, S, H * Dv}));
 }
 
 }  // namespace condensa::model

@@ -70,6 +70,10 @@ struct MLAImpl : torch::nn::Module {
 };
 TORCH_MODULE(MLA);
 
+// A bias-free linear layer's product, through cpu_bf16_linear (widened bf16 products under CPU
+// autocast, cpu_fused.h); layers with a bias call the module.
+torch::Tensor linear(const torch::nn::Linear& m, const torch::Tensor& x);
+
 // Reduced-precision tensors (bf16/fp16) computed in fp32; fp32/fp64 stay as they are.
 torch::Tensor upcast(const torch::Tensor& x);
 
@@ -81,9 +85,10 @@ torch::Tensor causal_attention(const torch::Tensor& q,
                                double scale,
                                int64_t start_pos);
 
-// The same attention (start_pos 0, S == L) in a fused kernel: on the CPU in fp32/fp64
-// condensa's blocked kernel (cpu_attention.h); otherwise at::scaled_dot_product_attention,
-// which picks one (flash on the CPU in bf16; flash, memory-efficient or cuDNN on CUDA).
+// The same attention (start_pos 0, S == L) in a fused kernel: on the CPU in fp32/fp64, and in
+// bf16 with widened bf16 products, condensa's blocked kernel (cpu_attention.h); otherwise
+// at::scaled_dot_product_attention, which picks one (flash on the CPU in bf16; flash,
+// memory-efficient or cuDNN on CUDA).
 // Dqk may differ from Dv (MLA: nope + rope vs v_head_dim).
 torch::Tensor fused_causal_attention(const torch::Tensor& q,
                                      const torch::Tensor& k,

@@ -123,6 +123,11 @@ void ModelConfig::validate() const {
     throw ConfigError(
         str("model.experts_impl = '", experts_impl, "': must be one of auto | loop | grouped"));
   }
+  if (cpu_bf16_products != "auto" && cpu_bf16_products != "native" &&
+      cpu_bf16_products != "widened") {
+    throw ConfigError(str("model.cpu_bf16_products = '", cpu_bf16_products,
+                          "': must be one of auto | native | widened"));
+  }
 }
 
 }  // namespace condensa::model

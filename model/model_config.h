@@ -67,6 +67,9 @@ struct ModelConfig {
   // Kernels (same numerics up to rounding; the reference paths are what tests compare with).
   std::string attention_impl = "sdpa";  // sdpa (fused kernels) | explicit (matmul-softmax-matmul)
   std::string experts_impl = "auto";    // auto | loop | grouped (CUDA grouped GEMM)
+  // CPU bf16 autocast products: auto (widened unless the CPU has AMX-BF16) | native (LibTorch's
+  // bf16 kernels) | widened (fp32 GEMMs on the widened bf16 operands; cpu_fused.h).
+  std::string cpu_bf16_products = "auto";
 
   template <class V>
   void visit(V& v) {
@@ -118,6 +121,9 @@ struct ModelConfig {
       "attention kernel: sdpa (fused scaled_dot_product_attention) | explicit (reference)");
     v("experts_impl", experts_impl,
       "routed experts: auto (grouped on CUDA in bf16, else loop) | loop | grouped");
+    v("cpu_bf16_products", cpu_bf16_products,
+      "CPU bf16 autocast products: auto (widened without AMX-BF16) | native (LibTorch's bf16 "
+      "kernels) | widened (fp32 GEMMs on the bf16 operands, rounded once)");
   }
 
   // Throws ConfigError naming `model.<key>` and the offending values.

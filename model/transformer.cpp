@@ -1,5 +1,6 @@
 #include "model/transformer.h"
 
+#include "model/cpu_fused.h"
 #include "model/moe/balance.h"
 #include "model/recompute.h"
 
@@ -69,6 +70,7 @@ TransformerImpl::TransformerImpl(const ModelConfig& c,
     const int64_t E = cfg.num_routed_experts;
     make_dispatcher = [E](int64_t) { return std::make_shared<LocalDispatcher>(E); };
   }
+  set_cpu_bf16_products(parse_cpu_bf16_products(cfg.cpu_bf16_products));
   rope = make_rope_tables(cfg);
   if (part_.embedding) {
     embed_tokens =
@@ -132,7 +134,7 @@ ModelOutput TransformerImpl::head_forward(const torch::Tensor& h,
   ModelOutput out;
   out.aux_loss = torch::zeros(
       {}, torch::TensorOptions().dtype(upcast(lm_head->weight).scalar_type()).device(h.device()));
-  out.logits_BSV = upcast(lm_head(norm(h)));
+  out.logits_BSV = upcast(linear(lm_head, norm(h)));
   if (with_mtp && !mtp->is_empty()) {
     // Module k (1-based depth d = k+1) at position i combines the previous depth's hidden
     // state at i with the embedding of token i+d, and predicts token i+d+1.
@@ -144,11 +146,11 @@ ModelOutput TransformerImpl::head_forward(const torch::Tensor& h,
       auto* m = mtp[k]->as<MTPModuleImpl>();
       auto e = m->enorm(emb.narrow(1, d, S - d));
       auto p = m->hnorm(prev.narrow(1, 0, S - d));
-      auto x = m->eh_proj(torch::cat({e, p}, -1));
+      auto x = linear(m->eh_proj, torch::cat({e, p}, -1));
       torch::Tensor aux;
       x = m->block->forward(x, rope, nullptr, 0, &aux);
       if (aux.defined()) out.aux_loss = out.aux_loss + aux;
-      out.mtp_logits.push_back(upcast(lm_head(m->shared_head_norm(x))));
+      out.mtp_logits.push_back(upcast(linear(lm_head, m->shared_head_norm(x))));
       prev = x;
     }
   }

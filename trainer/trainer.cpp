@@ -14,6 +14,7 @@
 #include "common/matmul_peak.h"
 #include "model/accounting.h"
 #include "model/autocast.h"
+#include "model/cpu_fused.h"
 #include "model/moe/experts.h"
 #include "model/transformer.h"
 #include "trainer/checkpoint/directory.h"
@@ -77,12 +78,15 @@ Trainer::Trainer(const Config& cfg,
       measure_matmul_flops(cfg_.train.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32,
                            device_.is_cpu() ? 512 : 8192, device_.is_cpu() ? 0.2 : 0.5, device_);
   if (cfg_.train.dtype == "bf16" && device_.is_cpu()) {
-    // CPUs without bf16 units (no AVX512-BF16 / AMX) run bf16 matmuls through a slow path.
     const double fp32 = measure_matmul_flops(torch::kFloat32, 512, 0.2, device_);
-    if (fp32 > peak_flops_ && world_.rank() == 0) {
+    if (model::cpu_bf16_products_widened()) {
+      // bf16 products run as fp32 GEMMs on the widened operands (model.cpu_bf16_products).
+      peak_flops_ = std::max(peak_flops_, fp32);
+    } else if (fp32 > peak_flops_ && world_.rank() == 0) {
       std::fprintf(stderr,
                    "warning: train.dtype bf16 on this CPU: bf16 matmul %.1f GFLOP/s against fp32 "
-                   "%.1f GFLOP/s (no bf16 units): training in bf16 will be slower than fp32\n",
+                   "%.1f GFLOP/s; model.cpu_bf16_products is native: set it to auto or widened "
+                   "to run bf16 products as fp32 GEMMs\n",
                    peak_flops_ / 1e9, fp32 / 1e9);
     }
   }

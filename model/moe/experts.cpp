@@ -41,6 +41,18 @@ std::string param_key(size_t i) { return "param" + std::to_string(i); }
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
+// t widened to fp32 when `widen`, else t itself.
+torch::Tensor wide(const torch::Tensor& t, bool widen) { return widen ? t.to(torch::kFloat32) : t; }
+
+// out = a b, into out's dtype: the product written in place when the dtypes agree, else computed
+// in a's dtype and rounded as it is copied in.
+void mm_into(torch::Tensor out, const torch::Tensor& a, const torch::Tensor& b) {
+  if (out.scalar_type() == a.scalar_type())
+    at::mm_out(out, a, b);
+  else
+    out.copy_(at::mm(a, b));
+}
+
 // silu(g) * u: one fused pass on the CPU in fp32/fp64/bf16 (cpu_fused.h), ATen operators
 // otherwise.
 torch::Tensor swiglu(const torch::Tensor& g, const torch::Tensor& u) {
@@ -57,7 +69,10 @@ torch::Tensor swiglu(const torch::Tensor& g, const torch::Tensor& u) {
 // Forward keeps x, the gate and up products and SwiGLU's output h (the down product's input,
 // which its weight gradient needs first in backward), as autograd would for the composition.
 // Products run in the autocast dtype when autocast is on for x's device (cast explicitly here,
-// then below autocast); gradients come back in the inputs' dtypes.
+// then below autocast); gradients come back in the inputs' dtypes. CPU bf16 with widened
+// products (cpu_fused.h): each product takes the fp32 widenings of its bf16 operands, and its
+// result is rounded into the same bf16 buffers (weight gradients added to an fp32 .grad stay
+// fp32; dx's two products are summed in fp32, then rounded).
 struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
   static torch::Tensor forward(AutogradContext* ctx,
                                const torch::Tensor& x_ND,
@@ -72,23 +87,26 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto x = x_ND.to(dtype).contiguous();
     auto gate = gate_EFD.to(dtype), up = up_EFD.to(dtype), down = down_EDF.to(dtype);
+    const bool widen = cpu_widens_bf16(x);
+    auto xw = wide(x, widen), gatew = wide(gate, widen), upw = wide(up, widen);
     const int64_t E = gate.size(0), F = gate.size(1), D = gate.size(2);
     int64_t M = 0;
     for (int64_t e = 0; e < E; ++e) M += rows[e];
     auto g_MF = torch::empty({M, F}, x.options()), u_MF = torch::empty({M, F}, x.options());
     for (int64_t e = 0, o = 0; e < E; o += rows[e], ++e) {
       if (rows[e] == 0) continue;
-      auto x_e = x.narrow(0, o, rows[e]);
+      auto x_e = xw.narrow(0, o, rows[e]);
       auto g_e = g_MF.narrow(0, o, rows[e]), u_e = u_MF.narrow(0, o, rows[e]);
-      at::mm_out(g_e, x_e, gate[e].t());
-      at::mm_out(u_e, x_e, up[e].t());
+      mm_into(g_e, x_e, gatew[e].t());
+      mm_into(u_e, x_e, upw[e].t());
     }
     auto h_MF = swiglu(g_MF, u_MF);
     auto y_MD = torch::empty({M, D}, x.options());
+    auto hw = wide(h_MF, widen), downw = wide(down, widen);
     for (int64_t e = 0, o = 0; e < E; o += rows[e], ++e) {
       if (rows[e] == 0) continue;
       auto y_e = y_MD.narrow(0, o, rows[e]);
-      at::mm_out(y_e, h_MF.narrow(0, o, rows[e]), down[e].t());
+      mm_into(y_e, hw.narrow(0, o, rows[e]), downw[e].t());
     }
     ctx->save_for_backward({x, gate, up, down, g_MF, u_MF, h_MF});
     const std::array<const torch::Tensor*, 3> weights = {&gate_EFD, &up_EFD, &down_EDF};
@@ -104,6 +122,8 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    // Backward runs under the forward's autocast state: its products are in the saved dtypes.
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const auto saved = ctx->get_saved_variables();
     const auto &x = saved[0], &gate = saved[1], &up = saved[2], &down = saved[3];
     const auto &g_MF = saved[4], &u_MF = saved[5], &h_MF = saved[6];
@@ -112,6 +132,8 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
     const int64_t E = gate.size(0);
     auto dy_MD = grads[0].defined() ? grads[0].to(x.scalar_type()).contiguous()
                                     : torch::zeros({g_MF.size(0), x.size(1)}, x.options());
+    const bool widen = cpu_widens_bf16(x);
+    auto dyw = wide(dy_MD, widen), hw = wide(h_MF, widen), downw = wide(down, widen);
     // Each weight's gradient goes into a returned [E, ...] buffer, or into its parameter's .grad.
     std::array<torch::Tensor, 3> into, ret;
     const std::array<const torch::Tensor*, 3> w = {&gate, &up, &down};
@@ -119,14 +141,18 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       const auto key = param_key(i);
       if (ctx->saved_data.count(key))
         into[i] = in_place_grad(ctx->saved_data[key].toTensor(), w[i]->sizes());
-      if (!into[i].defined()) ret[i] = torch::empty_like(*w[i]);
+      // Widened products return the weight gradient in the weight's own dtype, unrounded.
+      if (!into[i].defined())
+        ret[i] =
+            widen ? torch::empty(w[i]->sizes(),
+                                 w[i]->options().dtype(static_cast<at::ScalarType>(dtypes[i + 1])))
+                  : torch::empty_like(*w[i]);
     }
     // dW_e = a^T b: written into the returned buffer, or added to .grad (in the product when the
     // dtypes agree; through a product in the compute dtype, converted as it is added, when not).
     auto weight_grad = [&](size_t i, int64_t e, const torch::Tensor& a_t, const torch::Tensor& b) {
       if (!into[i].defined()) {
-        auto r = ret[i][e];
-        at::mm_out(r, a_t, b);
+        mm_into(ret[i][e], a_t, b);
         return;
       }
       auto t = into[i][e];
@@ -142,10 +168,10 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
           if (ret[i].defined()) ret[i][e].zero_();
         continue;
       }
-      auto dy_e = dy_MD.narrow(0, o, rows[e]);
+      auto dy_e = dyw.narrow(0, o, rows[e]);
       auto dh_e = dh_MF.narrow(0, o, rows[e]);
-      weight_grad(2, e, dy_e.t(), h_MF.narrow(0, o, rows[e]));
-      at::mm_out(dh_e, dy_e, down[e]);
+      weight_grad(2, e, dy_e.t(), hw.narrow(0, o, rows[e]));
+      mm_into(dh_e, dy_e, downw[e]);
     }
     torch::Tensor dg_MF, du_MF;
     if (cpu_fused_bf16_applies(g_MF)) {
@@ -155,16 +181,22 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       dg_MF = at::silu_backward(dh_MF.mul_(u_MF), g_MF);
     }
     auto dx = torch::empty_like(x);
+    auto xw = wide(x, widen), gatew = wide(gate, widen), upw = wide(up, widen);
+    auto dgw = wide(dg_MF, widen), duw = wide(du_MF, widen);
     int64_t o = 0;
     for (int64_t e = 0; e < E; o += rows[e], ++e) {
       if (rows[e] == 0) continue;
-      auto x_e = x.narrow(0, o, rows[e]);
-      auto dg_e = dg_MF.narrow(0, o, rows[e]), du_e = du_MF.narrow(0, o, rows[e]);
+      auto x_e = xw.narrow(0, o, rows[e]);
+      auto dg_e = dgw.narrow(0, o, rows[e]), du_e = duw.narrow(0, o, rows[e]);
       weight_grad(0, e, dg_e.t(), x_e);
       weight_grad(1, e, du_e.t(), x_e);
       auto dx_e = dx.narrow(0, o, rows[e]);
-      at::mm_out(dx_e, dg_e, gate[e]);
-      dx_e.addmm_(du_e, up[e]);
+      if (widen) {
+        dx_e.copy_(at::mm(dg_e, gatew[e]).addmm_(du_e, upw[e]));
+      } else {
+        at::mm_out(dx_e, dg_e, gate[e]);
+        dx_e.addmm_(du_e, up[e]);
+      }
     }
     if (o < x.size(0)) dx.narrow(0, o, x.size(0) - o).zero_();  // rows past the experts'
     auto as = [&](const torch::Tensor& t, int i) {

@@ -13,6 +13,7 @@
 #include "common/matmul_peak.h"
 #include "model/accounting.h"
 #include "model/autocast.h"
+#include "model/cpu_fused.h"
 #include "model/moe/dispatcher.h"
 #include "model/moe/experts.h"
 #include "model/transformer.h"
@@ -87,7 +88,11 @@ HardwareProfile measure_cpu_profile(const Config& config,
                                     const CpuMeasureOptions& options) {
   torch::NoGradGuard no_grad;
   const auto& m = config.model;
-  const auto dtype = config.train.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  // The dtype the products run in: bf16, or fp32 where bf16 products are widened (cpu_fused.h).
+  const bool bf16 = config.train.dtype == "bf16" &&
+                    !model::cpu_bf16_products_widened(
+                        model::parse_cpu_bf16_products(config.model.cpu_bf16_products));
+  const auto dtype = bf16 ? torch::kBFloat16 : torch::kFloat32;
   const double secs = options.seconds_per_shape;
   const int64_t ranks = std::max<int64_t>(1, options.ranks_per_node);
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());

@@ -2,12 +2,14 @@
 // materialised causal mask, matmul): outputs and gradients, with MLA's unequal query/key and
 // value head dims. In fp32/fp64 on the CPU the fused path is condensa's blocked kernel
 // (cpu_attention.h: 1e-5 in fp32, 1e-12 in fp64, across query blocks, 1 and 2 threads); under
-// bf16 autocast it is at::scaled_dot_product_attention (the flash kernel, v padded).
+// bf16 autocast it is condensa's kernel in fp32 on the rounded inputs with widened bf16 products,
+// at::scaled_dot_product_attention (the flash kernel, v padded) with native ones (cpu_fused.h).
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include "model/autocast.h"
 #include "model/cpu_attention.h"
+#include "model/cpu_fused.h"
 #include "model/cpu_vec.h"
 #include "model/layers.h"
 
@@ -90,17 +92,54 @@ TEST(FusedAttention, MatchesExplicitUnderBf16Autocast) {
   AutocastState s = AutocastState::current();
   s.cpu_enabled = true;
   s.cpu_dtype = at::kBFloat16;
-  std::vector<torch::Tensor> ref, got;
-  {
-    AutocastScope scope(s);
-    ref = run(in, false, 0.2);
-    got = run(in, true, 0.2);
-  }
-  const char* names[] = {"output", "dq", "dk", "dv"};
-  for (int i = 0; i < 4; ++i) EXPECT_LT(max_rel_diff(got[i], ref[i]), 3e-2) << names[i];
-  // And the bf16 result is close to the fp32 one (the fused path really ran in bf16 or better).
   auto fp32 = run(in, false, 0.2);
-  EXPECT_LT(max_rel_diff(got[0], fp32[0]), 3e-2);
+  // Native bf16 products: LibTorch's flash kernel; widened: condensa's kernel in fp32 on the
+  // bf16-rounded inputs, the output and gradients rounded once.
+  for (auto policy : {CpuBf16Products::kNative, CpuBf16Products::kWidened}) {
+    const bool widened = policy == CpuBf16Products::kWidened;
+    SCOPED_TRACE(widened ? "widened" : "native");
+    set_cpu_bf16_products(policy);
+    std::vector<torch::Tensor> ref, got;
+    {
+      AutocastScope scope(s);
+      EXPECT_EQ(cpu_attention_applies(in.q, in.k, in.v), widened);
+      EXPECT_EQ(cpu_attention_applies(in.q.to(torch::kBFloat16), in.k.to(torch::kBFloat16),
+                                      in.v.to(torch::kBFloat16)),
+                widened);
+      ref = run(in, false, 0.2);
+      got = run(in, true, 0.2);
+    }
+    const char* names[] = {"output", "dq", "dk", "dv"};
+    for (int i = 0; i < 4; ++i) EXPECT_LT(max_rel_diff(got[i], ref[i]), 3e-2) << names[i];
+    // And the bf16 result is close to the fp32 one (the fused path really ran in bf16 or better);
+    // widened, within a bf16 rounding of the output (2^-8) plus the input roundings' effect.
+    EXPECT_LT(max_rel_diff(got[0], fp32[0]), widened ? 1e-2 : 3e-2);
+    for (int i = 1; i < 4; ++i) EXPECT_LT(max_rel_diff(got[i], fp32[i]), 3e-2) << names[i];
+  }
+  set_cpu_bf16_products(CpuBf16Products::kAuto);
+}
+
+// bf16 attention with widened products against the explicit reference in fp64 on the same
+// bf16-rounded inputs, under autocast and for plain bf16 tensors: every output element within
+// one bf16 rounding of the exact value (the fp32 kernel's own error is 1e-6 of that).
+TEST(CpuAttention, Bf16IsTheRoundedFp32KernelOnRoundedInputs) {
+  set_cpu_bf16_products(CpuBf16Products::kWidened);
+  auto in = make_qkv(2, 70, 2, 12, 8, 9);
+  auto b = [](const torch::Tensor& t) { return t.detach().to(torch::kBFloat16); };
+  torch::NoGradGuard g;
+  auto exact = causal_attention(b(in.q).to(torch::kFloat64), b(in.k).to(torch::kFloat64),
+                                b(in.v).to(torch::kFloat64), 0.3, 0);
+  auto bound = exact.abs() * std::ldexp(1.0, -8) + 1e-5 * exact.abs().max();
+  auto plain = cpu_causal_attention(b(in.q), b(in.k), b(in.v), 0.3);
+  ASSERT_EQ(plain.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(((plain.to(torch::kFloat64) - exact).abs() <= bound).all().item<bool>());
+  AutocastState s = AutocastState::current();
+  s.cpu_enabled = true;
+  s.cpu_dtype = at::kBFloat16;
+  AutocastScope scope(s);
+  auto autocast = cpu_causal_attention(in.q.detach(), in.k.detach(), in.v.detach(), 0.3);
+  EXPECT_TRUE(torch::equal(autocast, plain)) << "autocast rounds fp32 inputs to bf16 first";
+  set_cpu_bf16_products(CpuBf16Products::kAuto);
 }
 
 TEST(FusedAttention, MlaModuleSdpaMatchesExplicitOutputsAndGradients) {

@@ -7,6 +7,7 @@
 #include "model/cpu_fused.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/Utils.h>
 #include <gtest/gtest.h>
 
 #include "model/autocast.h"
@@ -433,4 +434,102 @@ TEST(CpuFusedBf16, RopeHeadsMatchTheCompositionInBf16) {
     EXPECT_NE(std::string(e.what()).find("Float for a BFloat16 input"), std::string::npos)
         << e.what();
   }
+}
+
+namespace {
+
+// Sets the bf16 products policy for a scope; back to kAuto after.
+struct Bf16ProductsScope {
+  explicit Bf16ProductsScope(CpuBf16Products p) { set_cpu_bf16_products(p); }
+  ~Bf16ProductsScope() { set_cpu_bf16_products(CpuBf16Products::kAuto); }
+};
+
+// Each element of got within one bf16 rounding of the exact value ref (fp64): 2^-8 |ref|, plus
+// `slack` times ref's largest magnitude for the fp32 accumulation.
+void expect_one_rounding(const torch::Tensor& got,
+                         const torch::Tensor& ref,
+                         double slack,
+                         const std::string& what) {
+  auto err = (got.to(torch::kFloat64) - ref).abs();
+  auto bound = ref.abs() * std::ldexp(1.0, -8) + slack * ref.abs().max();
+  EXPECT_TRUE((err <= bound).all().item<bool>())
+      << what << ": worst excess " << (err - bound).max().item<double>();
+}
+
+}  // namespace
+
+TEST(CpuBf16Products, PolicyParsesAndAutoWidensWithoutAmx) {
+  EXPECT_EQ(parse_cpu_bf16_products("auto"), CpuBf16Products::kAuto);
+  EXPECT_EQ(parse_cpu_bf16_products("native"), CpuBf16Products::kNative);
+  EXPECT_EQ(parse_cpu_bf16_products("widened"), CpuBf16Products::kWidened);
+  try {
+    parse_cpu_bf16_products("fast");
+    FAIL() << "'fast' accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("'fast'"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(cpu_bf16_products_widened(CpuBf16Products::kNative));
+  EXPECT_TRUE(cpu_bf16_products_widened(CpuBf16Products::kWidened));
+#if defined(__x86_64__)
+  const auto caps = at::cpu::get_cpu_capabilities();
+  const bool amx = caps.count("amx_bf16") && caps.at("amx_bf16").toBool() && at::cpu::init_amx();
+  EXPECT_EQ(cpu_bf16_products_widened(CpuBf16Products::kAuto), !amx);
+#endif
+  {
+    Bf16ProductsScope scope(CpuBf16Products::kWidened);
+    EXPECT_TRUE(cpu_widens_bf16(torch::zeros({2}, torch::kBFloat16)));
+    EXPECT_FALSE(cpu_widens_bf16(torch::zeros({2})));
+  }
+  Bf16ProductsScope scope(CpuBf16Products::kNative);
+  EXPECT_FALSE(cpu_widens_bf16(torch::zeros({2}, torch::kBFloat16)));
+}
+
+// A bias-free linear layer under bf16 autocast, both ways, against the exact (fp64) products of
+// the bf16-rounded operands: the output and the input gradient within one bf16 rounding. Widened,
+// the weight gradient is the fp32 product of the rounded operands (not rounded to bf16: within
+// 1e-5 of the exact one); native, LibTorch's bf16 product rounded once. The autograd node shows
+// which ran.
+TEST(CpuBf16Products, LinearIsTheRoundedProductOfTheRoundedOperands) {
+  torch::manual_seed(31);
+  auto x = torch::randn({3, 5, 48}), w = torch::randn({24, 48}) * 0.2;
+  auto dy = torch::randn({3, 5, 24}).to(torch::kBFloat16);
+  auto exact = [](const torch::Tensor& t) { return t.to(torch::kBFloat16).to(torch::kFloat64); };
+  auto y_ref = at::matmul(exact(x), exact(w).t());
+  auto dx_ref = at::matmul(exact(dy), exact(w));
+  auto dw_ref = at::mm(exact(dy).reshape({-1, 24}).t(), exact(x).reshape({-1, 48}));
+  AutocastState ac = AutocastState::current();
+  ac.cpu_enabled = true;
+  ac.cpu_dtype = at::kBFloat16;
+  for (auto policy : {CpuBf16Products::kNative, CpuBf16Products::kWidened}) {
+    const bool widened = policy == CpuBf16Products::kWidened;
+    SCOPED_TRACE(widened ? "widened" : "native");
+    Bf16ProductsScope scope(policy);
+    auto xg = x.clone().requires_grad_(), wg = w.clone().requires_grad_();
+    torch::Tensor y;
+    {
+      AutocastScope autocast(ac);
+      y = cpu_bf16_linear(xg, wg);
+    }
+    ASSERT_EQ(y.scalar_type(), torch::kBFloat16);
+    const std::string node = y.grad_fn()->name();
+    EXPECT_EQ(node.find("WidenedLinearFn") != std::string::npos, widened) << node;
+    y.backward(dy);
+    EXPECT_EQ(xg.grad().scalar_type(), torch::kFloat32);
+    EXPECT_EQ(wg.grad().scalar_type(), torch::kFloat32);
+    expect_one_rounding(y, y_ref, 1e-5, "output");
+    expect_one_rounding(xg.grad(), dx_ref, 1e-5, "input gradient");
+    if (widened) {
+      EXPECT_LT(((wg.grad().to(torch::kFloat64) - dw_ref).abs().max() / dw_ref.abs().max())
+                    .item<double>(),
+                1e-5);
+    } else {
+      expect_one_rounding(wg.grad(), dw_ref, 1e-5, "weight gradient");
+    }
+  }
+  // Outside autocast, and for fp64: torch's linear, whatever the policy.
+  Bf16ProductsScope scope(CpuBf16Products::kWidened);
+  auto xd = x.to(torch::kFloat64).requires_grad_();
+  auto yd = cpu_bf16_linear(xd, w.to(torch::kFloat64));
+  EXPECT_EQ(yd.scalar_type(), torch::kFloat64);
+  EXPECT_EQ(std::string(yd.grad_fn()->name()).find("Widened"), std::string::npos);
 }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "model/autocast.h"
+#include "model/cpu_fused.h"
 #include "model/layers.h"
 #include "model/moe/experts.h"
 
@@ -60,8 +61,10 @@ GroupedExperts make_experts(int64_t E, int64_t D, int64_t F, torch::Device devic
 // narrow + matmul(x, w^T), the formula written out: outputs and every gradient, in fp32 and
 // under CPU bf16 autocast, with an expert that receives no rows and rows past the experts'.
 TEST(GroupedExperts, LoopMatchesPlainAutogradFp32AndBf16Autocast) {
-  for (const bool bf16 : {false, true}) {
-    SCOPED_TRACE(bf16 ? "bf16 autocast" : "fp32");
+  for (const int mode : {0, 1, 2}) {  // fp32; bf16 autocast with native, widened products
+    const bool bf16 = mode > 0;
+    SCOPED_TRACE(mode == 0 ? "fp32" : mode == 1 ? "bf16 autocast, native" : "bf16, widened");
+    set_cpu_bf16_products(mode == 2 ? CpuBf16Products::kWidened : CpuBf16Products::kNative);
     auto e = make_experts(4, 16, 24, torch::kCPU);
     const std::vector<int64_t> rows = {5, 0, 9, 3};
     torch::manual_seed(5);
@@ -102,7 +105,14 @@ TEST(GroupedExperts, LoopMatchesPlainAutogradFp32AndBf16Autocast) {
     // The weights' gradients come back in the weights' dtype and layout.
     EXPECT_EQ(e->gate_proj.grad().scalar_type(), torch::kFloat32);
     EXPECT_TRUE(e->gate_proj.grad().is_contiguous());
+    if (bf16) {
+      // Native products return the weight gradients in bf16 (then widened); widened ones in
+      // fp32, unrounded.
+      auto rounded = got.dgate.to(torch::kBFloat16).to(torch::kFloat32);
+      EXPECT_EQ(torch::equal(got.dgate, rounded), mode == 1);
+    }
   }
+  set_cpu_bf16_products(CpuBf16Products::kAuto);
 }
 
 TEST(GroupedExperts, GroupedGemmMatchesLoopFp32) {
@@ -153,8 +163,10 @@ TEST(GroupedExperts, GroupedGemmMatchesLoopOnCudaBf16) {
 // calls them with the gradient, the in-place path does not. Without a .grad to add to, the gradient
 // is returned.
 TEST(GroupedExperts, WeightGradsInPlaceEqualTheAccumulatedOnes) {
-  for (const bool bf16 : {false, true}) {
-    SCOPED_TRACE(bf16 ? "bf16 autocast" : "fp32");
+  for (const int mode : {0, 1, 2}) {  // fp32; bf16 autocast with native, widened products
+    const bool bf16 = mode > 0;
+    SCOPED_TRACE(mode == 0 ? "fp32" : mode == 1 ? "bf16 autocast, native" : "bf16, widened");
+    set_cpu_bf16_products(mode == 2 ? CpuBf16Products::kWidened : CpuBf16Products::kNative);
     AutocastState ac = AutocastState::current();
     if (bf16) ac.cpu_enabled = true, ac.cpu_dtype = at::kBFloat16;
     auto e = make_experts(4, 16, 24, torch::kCPU);
@@ -223,4 +235,5 @@ TEST(GroupedExperts, WeightGradsInPlaceEqualTheAccumulatedOnes) {
     for (size_t i = 0; i < fresh_ref.size(); ++i)
       EXPECT_TRUE(torch::equal(fresh[i], fresh_ref[i])) << "tensor " << i;
   }
+  set_cpu_bf16_products(CpuBf16Products::kAuto);
 }
