@@ -212,10 +212,11 @@ TEST(TrainEndToEnd, TrainsOnPreparedTokenShards) {
 // then run step 41 from that checkpoint once in each dtype. The step's loss (forward) and
 // gradient norm (backward) must agree to bf16's unit roundoff u = 2^-8 relative: autocast
 // rounds matmul inputs to bf16 and accumulates in fp32, so the result is as if rounded once.
-// Measured: loss 7e-5 relative, grad norm 8e-5 relative.
+// Measured: loss 7e-5 relative, grad norm 8e-5 relative. Both ways of computing the bf16
+// products on the CPU (model.cpu_bf16_products: the default auto, and native).
 TEST(TrainEndToEnd, Bf16ComputeTracksFp32) {
   const double kUnitRoundoff = std::ldexp(1.0, -8);
-  TempDir base, fp32, bf16;
+  TempDir base, fp32, bf16, bf16_native;
   auto r0 = run_condensa(
       tiny_train_args(base.path(), "--set train.steps=100 --set train.stop_at_step=40"));
   ASSERT_EQ(r0.exit_code, 0) << r0.output;
@@ -226,20 +227,30 @@ TEST(TrainEndToEnd, Bf16ComputeTracksFp32) {
   // The compute dtype changes the trajectory: resuming with another one must be asked for.
   auto rb = run_condensa(tiny_train_args(
       bf16.path(), resume + " --set train.dtype=bf16 --set checkpoint.allow_config_change=true"));
+  auto rc = run_condensa(tiny_train_args(
+      bf16_native.path(), resume +
+                              " --set train.dtype=bf16 --set checkpoint.allow_config_change=true "
+                              "--set model.cpu_bf16_products=native"));
   ASSERT_EQ(ra.exit_code, 0) << ra.output;
   ASSERT_EQ(rb.exit_code, 0) << rb.output;
-  const auto a = read_metrics(fp32.path()), b = read_metrics(bf16.path());
+  ASSERT_EQ(rc.exit_code, 0) << rc.output;
+  const auto a = read_metrics(fp32.path());
   ASSERT_FALSE(a.empty());
-  ASSERT_FALSE(b.empty());
   ASSERT_EQ(a[0]["step"], 41);
-  ASSERT_EQ(b[0]["step"], 41);
-  const double loss_a = a[0]["loss"], loss_b = b[0]["loss"];
+  const double loss_a = a[0]["loss"], gnorm_a = a[0]["grad_norm"];
   EXPECT_LT(loss_a, kUniformLoss - 1.0) << "the model must have moved from the uniform loss";
-  EXPECT_NE(loss_a, loss_b) << "bf16 must actually change the arithmetic";
-  EXPECT_NEAR(loss_b, loss_a, kUnitRoundoff * loss_a);
-  const double gnorm_a = a[0]["grad_norm"], gnorm_b = b[0]["grad_norm"];
-  EXPECT_NE(gnorm_a, gnorm_b);
-  EXPECT_NEAR(gnorm_b, gnorm_a, kUnitRoundoff * gnorm_a);
+  for (const TempDir* d : {&bf16, &bf16_native}) {
+    SCOPED_TRACE(d == &bf16 ? "bf16, auto" : "bf16, native");
+    const auto b = read_metrics(d->path());
+    ASSERT_FALSE(b.empty());
+    ASSERT_EQ(b[0]["step"], 41);
+    const double loss_b = b[0]["loss"];
+    EXPECT_NE(loss_a, loss_b) << "bf16 must actually change the arithmetic";
+    EXPECT_NEAR(loss_b, loss_a, kUnitRoundoff * loss_a);
+    const double gnorm_b = b[0]["grad_norm"];
+    EXPECT_NE(gnorm_a, gnorm_b);
+    EXPECT_NEAR(gnorm_b, gnorm_a, kUnitRoundoff * gnorm_a);
+  }
 }
 
 TEST(TrainEndToEnd, ResumeIsBitwiseExact) {
