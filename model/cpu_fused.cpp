@@ -614,18 +614,49 @@ bool bf16_autocast_on() {
          at::autocast::get_autocast_dtype(at::kCPU) == torch::kBFloat16;
 }
 
+// Each fp32 value rounded to bf16's precision (to nearest even; NaN stays NaN), as fp32.
+inline void round_to_bf16_precision(const float* x, float* y, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    uint32_t u;
+    std::memcpy(&u, x + j, sizeof(u));
+    uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    if (x[j] != x[j]) r = 0x7FC00000u;
+    std::memcpy(y + j, &r, sizeof(r));
+  }
+}
+
+// y[..] = x rounded to bf16 and widened, in one pass; y may be x (in place).
+void widen_rounded_into(const torch::Tensor& x, torch::Tensor& y) {
+  const int64_t n = x.numel();
+  if (x.scalar_type() == torch::kBFloat16) {
+    const c10::BFloat16* src = x.data_ptr<c10::BFloat16>();
+    float* dst = y.data_ptr<float>();
+    at::parallel_for(0, n, kElementGrain, [&](int64_t begin, int64_t end) {
+      to_float(src + begin, dst + begin, end - begin);
+    });
+    return;
+  }
+  const float* src = x.data_ptr<float>();
+  float* dst = y.data_ptr<float>();
+  at::parallel_for(0, n, kElementGrain, [&](int64_t begin, int64_t end) {
+    round_to_bf16_precision(src + begin, dst + begin, end - begin);
+  });
+}
+
 // y = x w^T with widened bf16 operands (cpu_bf16_linear).
 struct WidenedLinearFn : torch::autograd::Function<WidenedLinearFn> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx,
                                const torch::Tensor& x,
                                const torch::Tensor& w) {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    auto xb = x.to(torch::kBFloat16), wb = w.to(torch::kBFloat16);
     const int64_t K = w.size(1), N = w.size(0);
     auto sizes = x.sizes().vec();
     sizes.back() = N;
-    auto y = at::mm(xb.reshape({-1, K}).to(torch::kFloat32), wb.to(torch::kFloat32).t());
-    ctx->save_for_backward({xb, wb});
+    // One pass each: the operands rounded to bf16 and widened. Backward gets them as they are
+    // (a bf16 x as itself, widened again there; an fp32 x's rounded widening, which is no larger).
+    auto xw = bf16_widened(x), ww = bf16_widened(w);
+    auto y = at::mm(xw.reshape({-1, K}), ww.t());
+    ctx->save_for_backward({x.scalar_type() == torch::kBFloat16 ? x : xw, ww});
     ctx->saved_data["dtypes"] = std::vector<int64_t>{static_cast<int64_t>(x.scalar_type()),
                                                      static_cast<int64_t>(w.scalar_type())};
     return y.to(torch::kBFloat16).view(sizes);
@@ -635,25 +666,40 @@ struct WidenedLinearFn : torch::autograd::Function<WidenedLinearFn> {
                                                torch::autograd::tensor_list grads) {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const auto saved = ctx->get_saved_variables();
-    const auto &xb = saved[0], &wb = saved[1];
+    const auto &xs = saved[0], &ww = saved[1];
     const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
-    const int64_t K = wb.size(1), N = wb.size(0);
-    // The upstream gradient in bf16, as the bf16 product's would be.
-    auto dy = grads[0].to(torch::kBFloat16).reshape({-1, N}).to(torch::kFloat32);
+    const int64_t K = ww.size(1), N = ww.size(0);
+    // The upstream gradient rounded to bf16, as the bf16 product's would be.
+    auto dy = bf16_widened(grads[0]).view({-1, N});
     torch::Tensor dx, dw;
-    if (ctx->needs_input_grad(0))
-      dx = at::mm(dy, wb.to(torch::kFloat32))
-               .to(torch::kBFloat16)
-               .to(static_cast<at::ScalarType>(dtypes[0]))
-               .view(xb.sizes());
+    if (ctx->needs_input_grad(0)) {
+      const auto x_dtype = static_cast<at::ScalarType>(dtypes[0]);
+      dx = at::mm(dy, ww);
+      if (x_dtype == torch::kFloat32)
+        widen_rounded_into(dx, dx);  // rounded to bf16 in place, kept fp32
+      else
+        dx = dx.to(torch::kBFloat16).to(x_dtype);
+      dx = dx.view(xs.sizes());
+    }
     if (ctx->needs_input_grad(1))
-      dw = at::mm(dy.t(), xb.reshape({-1, K}).to(torch::kFloat32))
+      dw = at::mm(dy.t(),
+                  (xs.scalar_type() == torch::kFloat32 ? xs : bf16_widened(xs)).view({-1, K}))
                .to(static_cast<at::ScalarType>(dtypes[1]));
     return {dx, dw};
   }
 };
 
 }  // namespace
+
+torch::Tensor bf16_widened(const torch::Tensor& t) {
+  const auto st = t.scalar_type();
+  if (!t.device().is_cpu() || (st != torch::kFloat32 && st != torch::kBFloat16))
+    return t.to(torch::kBFloat16).to(torch::kFloat32);
+  auto x = t.contiguous();
+  auto y = torch::empty(x.sizes(), x.options().dtype(torch::kFloat32));
+  widen_rounded_into(x, y);
+  return y;
+}
 
 CpuBf16Products parse_cpu_bf16_products(const std::string& name) {
   if (name == "auto") return CpuBf16Products::kAuto;

@@ -43,6 +43,10 @@ bool cpu_bf16_products_widened(CpuBf16Products policy);
 // True when x is a CPU bf16 tensor and bf16 products are widened.
 bool cpu_widens_bf16(const torch::Tensor& x);
 
+// t rounded to bf16 (to nearest even) and widened to fp32: a new contiguous fp32 tensor, in one
+// pass for CPU fp32 and bf16 tensors (bit for bit t.to(bf16).to(fp32)).
+torch::Tensor bf16_widened(const torch::Tensor& t);
+
 // y = x w^T for a CPU x [..., K] and w [N, K] under bf16 CPU autocast with widened products:
 // x and w rounded to bf16, the product of their fp32 widenings rounded to bf16 once; backward
 // gives dx rounded to bf16 and dw in fp32 (w's dtype) from the widened operands. Any other case

@@ -86,8 +86,10 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       dtype = at::autocast::get_autocast_dtype(device_type);
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto x = x_ND.to(dtype).contiguous();
-    auto gate = gate_EFD.to(dtype), up = up_EFD.to(dtype), down = down_EDF.to(dtype);
     const bool widen = cpu_widens_bf16(x);
+    // Widened: the weights rounded to bf16 and widened in one pass, and kept so for backward.
+    auto weight = [&](const torch::Tensor& t) { return widen ? bf16_widened(t) : t.to(dtype); };
+    auto gate = weight(gate_EFD), up = weight(up_EFD), down = weight(down_EDF);
     auto xw = wide(x, widen), gatew = wide(gate, widen), upw = wide(up, widen);
     const int64_t E = gate.size(0), F = gate.size(1), D = gate.size(2);
     int64_t M = 0;

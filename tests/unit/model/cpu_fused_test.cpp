@@ -10,6 +10,9 @@
 #include <ATen/cpu/Utils.h>
 #include <gtest/gtest.h>
 
+#include <iterator>
+#include <limits>
+
 #include "model/autocast.h"
 #include "model/cpu_vec.h"
 #include "model/layers.h"
@@ -482,6 +485,38 @@ TEST(CpuBf16Products, PolicyParsesAndAutoWidensWithoutAmx) {
   }
   Bf16ProductsScope scope(CpuBf16Products::kNative);
   EXPECT_FALSE(cpu_widens_bf16(torch::zeros({2}, torch::kBFloat16)));
+}
+
+// The one-pass rounding and widening is bit for bit ATen's two casts: ties to even, NaN,
+// infinities, subnormals, values that round up to infinity, bf16 inputs, non-contiguous inputs,
+// and lengths with a partial parallel task.
+TEST(CpuBf16Products, WidenedIsBitForBitTheTwoCasts) {
+  torch::manual_seed(32);
+  auto x = torch::randn({70001}) * 100;
+  const float specials[] = {std::numeric_limits<float>::quiet_NaN(),
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::max(),
+                            1e-40f,
+                            -1e-42f,
+                            1.0f + std::ldexp(1.0f, -8),      // a tie: stays 1
+                            1.0f + 3 * std::ldexp(1.0f, -8),  // a tie: rounds up to even
+                            0.0f,
+                            -0.0f};
+  for (size_t i = 0; i < std::size(specials); ++i) x[i] = specials[i];
+  // Bit for bit, NaN for NaN (ATen's NaN bits vary with its conversion path).
+  auto same = [](const torch::Tensor& a, const torch::Tensor& b) {
+    if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type()) return false;
+    auto nan = a.isnan();
+    return torch::equal(nan, b.isnan()) &&
+           torch::equal(a.masked_fill(nan, 0).view(torch::kInt32),
+                        b.masked_fill(nan, 0).contiguous().view(torch::kInt32));
+  };
+  auto ref = x.to(torch::kBFloat16).to(torch::kFloat32);
+  EXPECT_TRUE(same(bf16_widened(x), ref));
+  EXPECT_TRUE(same(bf16_widened(x.to(torch::kBFloat16)), ref));
+  auto m = x.narrow(0, 0, 70000).view({700, 100}).t();  // strided
+  EXPECT_TRUE(same(bf16_widened(m), m.to(torch::kBFloat16).to(torch::kFloat32)));
 }
 
 // A bias-free linear layer under bf16 autocast, both ways, against the exact (fp64) products of
