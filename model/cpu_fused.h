@@ -44,7 +44,8 @@ bool cpu_bf16_products_widened(CpuBf16Products policy);
 bool cpu_widens_bf16(const torch::Tensor& x);
 
 // t rounded to bf16 (to nearest even) and widened to fp32: a new contiguous fp32 tensor, in one
-// pass for CPU fp32 and bf16 tensors (bit for bit t.to(bf16).to(fp32)).
+// pass for CPU fp32 and bf16 tensors (bit for bit t.to(bf16).to(fp32)). No autograd: for use
+// inside autograd functions.
 torch::Tensor bf16_widened(const torch::Tensor& t);
 
 // y = x w^T for a CPU x [..., K] and w [N, K] under bf16 CPU autocast with widened products:

@@ -90,7 +90,7 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
     // Widened: the weights rounded to bf16 and widened in one pass, and kept so for backward.
     auto weight = [&](const torch::Tensor& t) { return widen ? bf16_widened(t) : t.to(dtype); };
     auto gate = weight(gate_EFD), up = weight(up_EFD), down = weight(down_EDF);
-    auto xw = wide(x, widen), gatew = wide(gate, widen), upw = wide(up, widen);
+    auto xw = wide(x, widen);
     const int64_t E = gate.size(0), F = gate.size(1), D = gate.size(2);
     int64_t M = 0;
     for (int64_t e = 0; e < E; ++e) M += rows[e];
@@ -99,16 +99,16 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       if (rows[e] == 0) continue;
       auto x_e = xw.narrow(0, o, rows[e]);
       auto g_e = g_MF.narrow(0, o, rows[e]), u_e = u_MF.narrow(0, o, rows[e]);
-      mm_into(g_e, x_e, gatew[e].t());
-      mm_into(u_e, x_e, upw[e].t());
+      mm_into(g_e, x_e, gate[e].t());
+      mm_into(u_e, x_e, up[e].t());
     }
     auto h_MF = swiglu(g_MF, u_MF);
     auto y_MD = torch::empty({M, D}, x.options());
-    auto hw = wide(h_MF, widen), downw = wide(down, widen);
+    auto hw = wide(h_MF, widen);
     for (int64_t e = 0, o = 0; e < E; o += rows[e], ++e) {
       if (rows[e] == 0) continue;
       auto y_e = y_MD.narrow(0, o, rows[e]);
-      mm_into(y_e, hw.narrow(0, o, rows[e]), downw[e].t());
+      mm_into(y_e, hw.narrow(0, o, rows[e]), down[e].t());
     }
     ctx->save_for_backward({x, gate, up, down, g_MF, u_MF, h_MF});
     const std::array<const torch::Tensor*, 3> weights = {&gate_EFD, &up_EFD, &down_EDF};
@@ -135,7 +135,8 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
     auto dy_MD = grads[0].defined() ? grads[0].to(x.scalar_type()).contiguous()
                                     : torch::zeros({g_MF.size(0), x.size(1)}, x.options());
     const bool widen = cpu_widens_bf16(x);
-    auto dyw = wide(dy_MD, widen), hw = wide(h_MF, widen), downw = wide(down, widen);
+    // Widened, the saved weights are fp32 already (rounded to bf16's precision).
+    auto dyw = wide(dy_MD, widen), hw = wide(h_MF, widen);
     // Each weight's gradient goes into a returned [E, ...] buffer, or into its parameter's .grad.
     std::array<torch::Tensor, 3> into, ret;
     const std::array<const torch::Tensor*, 3> w = {&gate, &up, &down};
@@ -173,7 +174,7 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       auto dy_e = dyw.narrow(0, o, rows[e]);
       auto dh_e = dh_MF.narrow(0, o, rows[e]);
       weight_grad(2, e, dy_e.t(), hw.narrow(0, o, rows[e]));
-      mm_into(dh_e, dy_e, downw[e]);
+      mm_into(dh_e, dy_e, down[e]);
     }
     torch::Tensor dg_MF, du_MF;
     if (cpu_fused_bf16_applies(g_MF)) {
@@ -183,7 +184,7 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       dg_MF = at::silu_backward(dh_MF.mul_(u_MF), g_MF);
     }
     auto dx = torch::empty_like(x);
-    auto xw = wide(x, widen), gatew = wide(gate, widen), upw = wide(up, widen);
+    auto xw = wide(x, widen);
     auto dgw = wide(dg_MF, widen), duw = wide(du_MF, widen);
     int64_t o = 0;
     for (int64_t e = 0; e < E; o += rows[e], ++e) {
@@ -194,7 +195,7 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       weight_grad(1, e, du_e.t(), x_e);
       auto dx_e = dx.narrow(0, o, rows[e]);
       if (widen) {
-        dx_e.copy_(at::mm(dg_e, gatew[e]).addmm_(du_e, upw[e]));
+        dx_e.copy_(at::mm(dg_e, gate[e]).addmm_(du_e, up[e]));
       } else {
         at::mm_out(dx_e, dg_e, gate[e]);
         dx_e.addmm_(du_e, up[e]);
