@@ -335,15 +335,17 @@ inline void to_float(const c10::BFloat16* x, float* y, int64_t n) {
   }
 }
 
-// Round to nearest even, as c10::BFloat16(float) does; NaN stays a (quiet) NaN.
+// x's bf16 bits, rounded to nearest even as c10::BFloat16(float) does; NaN stays a (quiet) NaN.
+inline uint16_t bf16_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return x != x ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+}
+
 inline void to_bf16(const float* x, c10::BFloat16* y, int64_t n) {
   auto* bits = reinterpret_cast<uint16_t*>(y);
-  for (int64_t j = 0; j < n; ++j) {
-    uint32_t u;
-    std::memcpy(&u, x + j, sizeof(u));
-    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    bits[j] = x[j] != x[j] ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
-  }
+  for (int64_t j = 0; j < n; ++j) bits[j] = bf16_bits(x[j]);
 }
 
 inline void swiglu_span(const c10::BFloat16* g,
@@ -614,13 +616,10 @@ bool bf16_autocast_on() {
          at::autocast::get_autocast_dtype(at::kCPU) == torch::kBFloat16;
 }
 
-// Each fp32 value rounded to bf16's precision (to nearest even; NaN stays NaN), as fp32.
+// Each fp32 value rounded to bf16's precision (bf16_bits), as fp32.
 inline void round_to_bf16_precision(const float* x, float* y, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
-    uint32_t u;
-    std::memcpy(&u, x + j, sizeof(u));
-    uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-    if (x[j] != x[j]) r = 0x7FC00000u;
+    const uint32_t r = static_cast<uint32_t>(bf16_bits(x[j])) << 16;
     std::memcpy(y + j, &r, sizeof(r));
   }
 }
