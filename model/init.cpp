@@ -36,4 +36,22 @@ void init_parameters(TransformerImpl& model, uint64_t seed) {
   for (auto& moe : model.moe_layers()) moe->gate->e_score_correction_bias.zero_();
 }
 
+void init_unit_parameters(torch::nn::Module& unit, double init_std, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  for (auto& item : unit.named_parameters()) {
+    auto& p = item.value();
+    if (is_norm_weight(item.key())) {
+      p.fill_(1.0);
+    } else {
+      auto cpu = torch::empty(p.sizes(), torch::kFloat32);
+      cpu.normal_(0.0, init_std, gen);
+      p.copy_(cpu);
+    }
+  }
+  for (auto& item : unit.named_buffers()) {
+    if (is_router_bias(item.key())) item.value().zero_();
+  }
+}
+
 }  // namespace condensa::model

@@ -2,6 +2,8 @@
 // weight-gradient products of every projection, timed like `condensa bench matmul`), the
 // unfused attention's batched matmuls, an elementwise kernel at the activation size, and the
 // all-to-all at the size of one MoE dispatch (like `condensa bench alltoall`).
+#include "trainer/plan/measure.h"
+
 #include <sys/sysinfo.h>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include "model/accounting.h"
 #include "model/autocast.h"
 #include "model/cpu_fused.h"
+#include "model/init.h"
 #include "model/moe/dispatcher.h"
 #include "model/moe/experts.h"
 #include "model/transformer.h"
@@ -65,6 +68,21 @@ double projection_seconds(
 }
 
 }  // namespace
+
+model::Block timed_block(const model::ModelConfig& m,
+                         int64_t layer,
+                         const model::DispatcherFactory& dispatcher,
+                         uint64_t seed) {
+  model::Block block(m, layer, dispatcher);
+  model::init_unit_parameters(*block, m.init_std, seed);
+  return block;
+}
+
+model::GroupedExperts timed_experts(const model::ModelConfig& m, int64_t local, uint64_t seed) {
+  model::GroupedExperts experts(local, 0, m.hidden_size, m.moe_intermediate_size);
+  model::init_unit_parameters(*experts, m.init_std, seed);
+  return experts;
+}
 
 double collective_seconds_per_call(parallel::Communicator& comm,
                                    const std::function<void()>& fn,
@@ -223,7 +241,8 @@ HardwareProfile measure_cpu_profile(const Config& config,
       return std::make_shared<parallel::AllToAllDispatcher>(comm, E);
     };
     auto block_s = [&](int64_t layer, bool collective) {
-      model::Block block(m, layer, collective ? all_to_all : local);
+      // The same weights on every rank, as a run starts with.
+      auto block = timed_block(m, layer, collective ? all_to_all : local, 1234 + layer);
       auto x = torch::randn({B, S, D}).requires_grad_();
       auto g = torch::randn({B, S, D});
       auto fb = [&] {
@@ -246,7 +265,7 @@ HardwareProfile measure_cpu_profile(const Config& config,
     // grows on the busiest rank when the routing is uneven.
     if (m.num_layers > m.num_dense_layers) {
       const int64_t local = std::max<int64_t>(1, E / ep), rows = T * m.top_k;
-      model::GroupedExperts experts(local, 0, D, I);
+      auto experts = timed_experts(m, local, 4321);
       std::vector<int64_t> per_expert(local, rows / local);
       per_expert.back() += rows - rows / local * local;
       auto xe = torch::randn({rows, D}).requires_grad_();

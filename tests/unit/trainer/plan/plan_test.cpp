@@ -16,11 +16,13 @@
 #include "model/accounting.h"
 #include "tests/support/test_util.h"
 #include "trainer/config/config.h"
+#include "trainer/plan/measure.h"
 
 using namespace condensa::trainer;
 using namespace condensa::trainer::plan;
 using condensa::testing::source_path;
 using condensa::testing::TempDir;
+namespace model = condensa::model;
 
 namespace {
 
@@ -408,4 +410,48 @@ TEST(Plan, ProfileFilesAreCheckedKeyByKey) {
   Config c = load("configs/deepseek-v3-671b.yaml");
   EXPECT_LT(make_plan(c, 2048, fp8, o).gpu_hours_per_trillion,
             make_plan(c, 2048, builtin_profile("h800"), o).gpu_hours_per_trillion);
+}
+
+// The cpu profile times a decoder block and the experts with the weights a run starts from:
+// modules leave their weights uninitialised, and timing garbage (denormals, NaNs, a router
+// sending tokens anywhere) made the measured expert time swing tenfold between runs.
+TEST(CpuProfile, TimesUnitsWithTheWeightsTrainingStartsFrom) {
+  const auto m = load("configs/quickstart.yaml").model;
+  model::DispatcherFactory local = [&](int64_t) {
+    return std::make_shared<model::LocalDispatcher>(m.num_routed_experts);
+  };
+  auto check = [&](torch::nn::Module& unit, const std::string& what) {
+    int64_t norms = 0, weights = 0;
+    for (const auto& item : unit.named_parameters()) {
+      const auto& p = item.value();
+      EXPECT_TRUE(torch::isfinite(p).all().item<bool>()) << what << " " << item.key();
+      if (item.key().find("norm.weight") != std::string::npos) {
+        EXPECT_TRUE(torch::equal(p, torch::ones_like(p))) << what << " " << item.key();
+        ++norms;
+      } else {
+        ++weights;
+        if (p.numel() < 1000) continue;
+        EXPECT_NEAR(p.mean().item<double>(), 0.0, 0.1 * m.init_std) << what << " " << item.key();
+        EXPECT_NEAR(p.std().item<double>(), m.init_std, 0.05 * m.init_std)
+            << what << " " << item.key();
+      }
+    }
+    for (const auto& item : unit.named_buffers()) {
+      if (item.key().find("e_score_correction_bias") == std::string::npos) continue;
+      EXPECT_EQ(item.value().abs().max().item<double>(), 0.0) << what << " " << item.key();
+    }
+    EXPECT_GT(weights, 0) << what;
+    return norms;
+  };
+  for (int64_t layer : {int64_t{0}, m.num_dense_layers}) {
+    auto block = plan::timed_block(m, layer, local, 5);
+    EXPECT_GE(check(*block, "layer " + std::to_string(layer)), 2);
+  }
+  auto experts = plan::timed_experts(m, 4, 5);
+  check(*experts, "experts");
+  // The same seed draws the same weights (every rank times the same block).
+  auto a = plan::timed_block(m, 1, local, 9), b = plan::timed_block(m, 1, local, 9);
+  for (const auto& item : a->named_parameters()) {
+    EXPECT_TRUE(torch::equal(item.value(), b->named_parameters()[item.key()])) << item.key();
+  }
 }
