@@ -8,6 +8,7 @@
 #include "common/args.h"
 #include "common/error.h"
 #include "common/matmul_peak.h"
+#include "model/init.h"
 #include "model/moe/layer.h"
 #include "parallel/bench_alltoall.h"
 #include "parallel/expert_parallel.h"
@@ -108,10 +109,7 @@ int bench_moe(const ParsedArgs& a) {
   auto make_dispatcher = parallel::apply_expert_parallel(mesh, m.num_routed_experts);
   model::MoELayer layer(m, make_dispatcher(m.num_dense_layers));
   auto& dispatcher = layer->dispatcher;
-  {
-    torch::NoGradGuard g;
-    for (auto& p : layer->parameters()) p.normal_(0, m.init_std);
-  }
+  model::init_unit_parameters(*layer, m.init_std, static_cast<uint64_t>(cfg.run.seed));
   // Everything lives on the communicator's device (the GPU with nccl).
   const auto device = comm.device();
   layer->to(device);
