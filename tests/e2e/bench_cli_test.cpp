@@ -117,6 +117,38 @@ TEST(BenchCli, PipelinePrintsIdleTimePerStageForEachSchedule) {
   EXPECT_NE(r.output.find("rank 1: passes"), std::string::npos) << r.output;
 }
 
+// `bench moe` under mpirun with expert parallel 2: one row per phase of the MoE layer (route,
+// the all-to-all dispatch, the experts, the combine), each timed, their shares adding to 100%.
+TEST(BenchCli, MoePrintsEachPhaseOfTheLayerOnTwoRanks) {
+  const std::string mpirun =
+      "mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -np 2 ";
+  const std::string cmd = mpirun + CONDENSA_BINARY + " bench moe --config " +
+                          source_path("configs/quickstart.yaml") +
+                          " --set parallel.expert_parallel=2 --set run.threads=1";
+  auto r = run_command(cmd + " --iters 3 2>&1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("8 experts top-2, ep 2 (mpi)"), std::string::npos) << r.output;
+  std::istringstream in(r.output);
+  std::string line;
+  std::set<std::string> phases;
+  double shares = 0;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string phase;
+    double ms = 0, share = 0;
+    if (!(fields >> phase >> ms >> share)) continue;
+    phases.insert(phase);
+    EXPECT_GT(ms, 0) << line;
+    shares += share;
+  }
+  EXPECT_EQ(phases, (std::set<std::string>{"route", "dispatch", "experts", "combine"})) << r.output;
+  EXPECT_NEAR(shares, 100.0, 0.5) << r.output;
+  auto bad = run_command(cmd + " --iters 0 2>&1");
+  EXPECT_NE(bad.exit_code, 0) << bad.output;
+  EXPECT_NE(bad.output.find("bench moe: --iters must be > 0, got 0"), std::string::npos)
+      << bad.output;
+}
+
 TEST(BenchCli, MatmulPrintsEachLayoutAndThePeakIsTheFastest) {
   auto r = run_condensa("bench matmul --dtype fp32 --sizes 64,96 --seconds 0.06 --threads 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;

@@ -114,6 +114,7 @@ int bench_moe(const ParsedArgs& a) {
   const auto device = comm.device();
   layer->to(device);
   const int64_t iters = a.get_int("--iters", 20);
+  CONDENSA_CHECK(iters > 0, ConfigError, "bench moe: --iters must be > 0, got ", iters);
   const int64_t T = cfg.train.micro_batch_size * cfg.train.seq_len;
   torch::manual_seed(1000 + comm.rank());
   auto x = torch::randn({T, m.hidden_size}).to(device);
