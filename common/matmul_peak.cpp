@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <chrono>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace condensa {
 
 namespace {
@@ -60,6 +64,112 @@ double measure_matmul_flops(torch::ScalarType dtype,
                             double seconds,
                             torch::Device device) {
   return measure_matmul_layouts(dtype, n, seconds, device).best();
+}
+
+namespace {
+
+// Chains of `kChains` independent accumulators (more than an instruction's latency times its
+// issue rate), each advanced `iters` times from zero with all-ones operands: every lane ends at
+// iters (FMA) or 2 x iters (bf16 dot), exact in fp32 below 2^24.
+constexpr int kChains = 12;
+constexpr int64_t kIters = int64_t{1} << 20;
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) double fma_avx512(int64_t iters) {
+  __m512 acc[kChains];
+  for (auto& v : acc) v = _mm512_setzero_ps();
+  __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < iters; ++i) {
+    for (auto& v : acc) v = _mm512_fmadd_ps(one, one, v);
+    __asm__ volatile("" : "+v"(one));  // keeps the loop from being folded
+  }
+  alignas(64) float lanes[16];
+  double sum = 0;
+  for (auto& v : acc) {
+    _mm512_store_ps(lanes, v);
+    for (float f : lanes) sum += f;
+  }
+  return sum;
+}
+
+__attribute__((target("avx2,fma"))) double fma_avx2(int64_t iters) {
+  __m256 acc[kChains];
+  for (auto& v : acc) v = _mm256_setzero_ps();
+  __m256 one = _mm256_set1_ps(1.0f);
+  for (int64_t i = 0; i < iters; ++i) {
+    for (auto& v : acc) v = _mm256_fmadd_ps(one, one, v);
+    __asm__ volatile("" : "+x"(one));
+  }
+  alignas(32) float lanes[8];
+  double sum = 0;
+  for (auto& v : acc) {
+    _mm256_store_ps(lanes, v);
+    for (float f : lanes) sum += f;
+  }
+  return sum;
+}
+
+__attribute__((target("avx512f,avx512bf16"))) double dot_avx512bf16(int64_t iters) {
+  __m512 acc[kChains];
+  for (auto& v : acc) v = _mm512_setzero_ps();
+  const __m512 ones = _mm512_set1_ps(1.0f);
+  __m512bh one = _mm512_cvtne2ps_pbh(ones, ones);
+  for (int64_t i = 0; i < iters; ++i) {
+    for (auto& v : acc) v = _mm512_dpbf16_ps(v, one, one);
+    __asm__ volatile("" : "+v"(one));
+  }
+  alignas(64) float lanes[16];
+  double sum = 0;
+  for (auto& v : acc) {
+    _mm512_store_ps(lanes, v);
+    for (float f : lanes) sum += f;
+  }
+  return sum;
+}
+#endif
+
+// FLOP/s of loop(kIters), `flops_per_iter` per iteration of all chains: the best of windows
+// of about `seconds` / 5 each. `exact` is cleared if a result is not `expected`.
+template <class Loop>
+double loop_rate(Loop loop, double flops_per_iter, double expected, double seconds, bool& exact) {
+  loop(kIters / 16);  // warm-up (and the clock's ramp to the vector units' frequency)
+  double best = 0;
+  for (int w = 0; w < 5; ++w) {
+    int64_t calls = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    double elapsed = 0;
+    do {
+      if (loop(kIters) != expected) exact = false;
+      ++calls;
+      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    } while (elapsed < seconds / 5);
+    best = std::max(best, flops_per_iter * static_cast<double>(kIters * calls) / elapsed);
+  }
+  return best;
+}
+
+}  // namespace
+
+InstructionPeak measure_instruction_peak(double seconds) {
+  InstructionPeak p;
+#if defined(__x86_64__)
+  const double iters = static_cast<double>(kIters);
+  if (__builtin_cpu_supports("avx512f")) {
+    p.fp32_isa = "AVX-512";
+    p.fp32_fma =
+        loop_rate(fma_avx512, kChains * 16 * 2.0, kChains * 16 * iters, seconds, p.fp32_exact);
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    p.fp32_isa = "AVX2";
+    p.fp32_fma = loop_rate(fma_avx2, kChains * 8 * 2.0, kChains * 8 * iters, seconds, p.fp32_exact);
+  }
+  if (__builtin_cpu_supports("avx512bf16")) {
+    p.bf16_dot = loop_rate(dot_avx512bf16, kChains * 16 * 4.0, kChains * 16 * 2 * iters, seconds,
+                           p.bf16_exact);
+  }
+#else
+  (void)seconds;
+#endif
+  return p;
 }
 
 }  // namespace condensa

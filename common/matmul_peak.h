@@ -30,4 +30,19 @@ double measure_matmul_flops(torch::ScalarType dtype,
                             double seconds,
                             torch::Device device = torch::kCPU);
 
+// One core's peak of the vector instructions that matmuls are made of, measured on the calling
+// thread with independent chains of each (no memory traffic): what no matmul kernel on this
+// CPU can beat. fp32: fused multiply-adds (AVX-512, else AVX2; 2 FLOPs per lane). bf16: the
+// AVX512-BF16 dot product vdpbf16ps (two bf16 products added into each fp32 lane: 4 FLOPs per
+// lane); AMX is a separate unit, not measured here. A rate is 0 where the CPU lacks the
+// instructions (and both are 0 on other architectures).
+struct InstructionPeak {
+  double fp32_fma = 0, bf16_dot = 0;  // FLOP/s
+  const char* fp32_isa = "";          // "AVX-512" or "AVX2"
+  // Each loop's result against the exact sum of the instructions it claims to have run (a
+  // loop the compiler shortened, or a count the rate was computed from wrongly, differs).
+  bool fp32_exact = true, bf16_exact = true;
+};
+InstructionPeak measure_instruction_peak(double seconds);
+
 }  // namespace condensa

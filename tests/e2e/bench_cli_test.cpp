@@ -167,6 +167,11 @@ TEST(BenchCli, MatmulPrintsEachLayoutAndThePeakIsTheFastest) {
     EXPECT_DOUBLE_EQ(peak, std::max({nn, nt, tn})) << line;
   }
   EXPECT_EQ(rows, 2) << r.output;
+#if defined(__x86_64__)
+  EXPECT_NE(r.output.find("one core's instruction peak: fp32 FMA ("), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("model.cpu_bf16_products auto: "), std::string::npos) << r.output;
+#endif
   auto bad = run_condensa("bench matmul --dtype fp16");
   EXPECT_EQ(bad.exit_code, 2) << bad.output;
   EXPECT_NE(bad.output.find("--dtype"), std::string::npos) << bad.output;

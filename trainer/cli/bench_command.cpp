@@ -8,6 +8,7 @@
 #include "common/args.h"
 #include "common/error.h"
 #include "common/matmul_peak.h"
+#include "model/cpu_fused.h"
 #include "model/init.h"
 #include "model/moe/layer.h"
 #include "parallel/bench_alltoall.h"
@@ -26,7 +27,9 @@ const char* kBenchHelp = R"(usage: condensa bench <matmul|alltoall|moe|train|pip
 
   matmul    [--dtype fp32|bf16|all] [--sizes 256,512,1024,2048] [--seconds S] [--threads N]
             GFLOP/s of square matmuls in the three operand layouts (A*B, A*B^T, A^T*B); the
-            fastest is the peak the trainer's MFU is measured against.
+            fastest is the peak the trainer's MFU is measured against. Then one core's
+            vector-instruction peak (fp32 FMA; bf16 dot product where the CPU has AVX512-BF16),
+            which no kernel beats, and what model.cpu_bf16_products: auto chooses here.
   alltoall  [--min-bytes B] [--max-bytes B] [--iters N] [--warmup N] [--dtype fp32|bf16]
             nccl-tests style table (run under mpirun; verifies every element it moves).
   train     --config X.yaml [--set k=v ...] [--steps N] [--warmup N] [--profile TRACE.json]
@@ -79,6 +82,26 @@ int bench_matmul(const ParsedArgs& a) {
       std::fflush(stdout);
     }
   }
+  // What bounds the table: one core's vector-instruction peak (no kernel beats it).
+  const InstructionPeak ip = measure_instruction_peak(std::min(seconds, 1.0));
+  if (ip.fp32_fma > 0) {
+    std::printf("one core's instruction peak: fp32 FMA (%s) %.1f GFLOP/s", ip.fp32_isa,
+                ip.fp32_fma / 1e9);
+    if (ip.bf16_dot > 0) {
+      std::printf(", bf16 dot product (AVX512-BF16) %.1f GFLOP/s = %.2fx fp32", ip.bf16_dot / 1e9,
+                  ip.bf16_dot / ip.fp32_fma);
+    } else {
+      std::printf(", bf16 dot product: no AVX512-BF16 on this CPU");
+    }
+    // auto widens unless the CPU has AMX-BF16 (model/cpu_fused.h).
+    std::printf(
+        "; model.cpu_bf16_products auto: %s\n",
+        model::cpu_bf16_products_widened(model::CpuBf16Products::kAuto) ? "widened" : "native");
+  }
+  CONDENSA_CHECK(ip.fp32_exact && ip.bf16_exact, Error,
+                 "bench matmul: an instruction-peak loop did not compute its own count (fp32 ",
+                 ip.fp32_exact ? "exact" : "wrong", ", bf16 ", ip.bf16_exact ? "exact" : "wrong",
+                 "): its rate is not to be trusted");
   return 0;
 }
 

@@ -140,3 +140,24 @@ TEST(MatmulPeak, IsTheFastestOfTheThreeLayouts) {
     EXPECT_EQ(s.best(), 3) << "fastest layout " << fastest;
   }
 }
+
+// The instruction peak `bench matmul` prints: each loop runs exactly the instructions its rate
+// counts (the sum every lane must reach), on the instruction sets this CPU has.
+TEST(InstructionPeak, LoopsRunTheInstructionsTheirRatesCount) {
+  const condensa::InstructionPeak p = condensa::measure_instruction_peak(0.05);
+  EXPECT_TRUE(p.fp32_exact);
+  EXPECT_TRUE(p.bf16_exact);
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512f")) {
+    EXPECT_STREQ(p.fp32_isa, "AVX-512");
+    EXPECT_GT(p.fp32_fma, 0);
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    EXPECT_STREQ(p.fp32_isa, "AVX2");
+    EXPECT_GT(p.fp32_fma, 0);
+  }
+  EXPECT_EQ(p.bf16_dot > 0, static_cast<bool>(__builtin_cpu_supports("avx512bf16")));
+#else
+  EXPECT_EQ(p.fp32_fma, 0);
+  EXPECT_EQ(p.bf16_dot, 0);
+#endif
+}
