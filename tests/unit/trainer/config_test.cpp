@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cctype>
+#include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
 
 #include "common/error.h"
 #include "parallel/mesh.h"
@@ -403,11 +405,22 @@ TEST(Config, DirectoryOrEmptyFileIsRefused) {
   }
 }
 
+// Every training config the repository ships: configs/*.yaml (not the hardware profiles under
+// configs/hardware/) and the benchmark configs in tests/bench/.
 TEST(Config, ShippedConfigsParse) {
+  std::set<std::string> found;
+  for (const char* dir : {"configs", "tests/bench"}) {
+    for (const auto& e : std::filesystem::directory_iterator(condensa::testing::source_path(dir))) {
+      if (e.path().extension() != ".yaml") continue;
+      found.insert(std::string(dir) + "/" + e.path().filename().string());
+      EXPECT_NO_THROW(load_config(e.path().string())) << e.path();
+    }
+  }
   for (const char* f :
        {"configs/tiny.yaml", "configs/quickstart.yaml", "configs/deepseek-v3-671b.yaml",
-        "configs/deepseek-v2-lite-16b.yaml", "configs/deepseek-v3-mini.yaml"}) {
-    EXPECT_NO_THROW(load_config(condensa::testing::source_path(f))) << f;
+        "configs/deepseek-v2-lite-16b.yaml", "configs/deepseek-v3-mini.yaml",
+        "tests/bench/d512.yaml", "tests/bench/load-balance.yaml"}) {
+    EXPECT_TRUE(found.count(f)) << f << " not found";
   }
 }
 
