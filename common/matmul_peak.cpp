@@ -75,6 +75,16 @@ constexpr int kChains = 12;
 constexpr int64_t kIters = int64_t{1} << 20;
 
 #if defined(__x86_64__)
+// The sum of every fp32 lane of the accumulators (vector types may alias float).
+template <class Vec>
+double lanes_sum(const Vec (&acc)[kChains]) {
+  const auto* f = reinterpret_cast<const float*>(acc);
+  double sum = 0;
+  constexpr size_t kFloats = sizeof(Vec) / sizeof(float) * kChains;
+  for (size_t i = 0; i < kFloats; ++i) sum += f[i];
+  return sum;
+}
+
 __attribute__((target("avx512f"))) double fma_avx512(int64_t iters) {
   __m512 acc[kChains];
   for (auto& v : acc) v = _mm512_setzero_ps();
@@ -83,13 +93,7 @@ __attribute__((target("avx512f"))) double fma_avx512(int64_t iters) {
     for (auto& v : acc) v = _mm512_fmadd_ps(one, one, v);
     __asm__ volatile("" : "+v"(one));  // keeps the loop from being folded
   }
-  alignas(64) float lanes[16];
-  double sum = 0;
-  for (auto& v : acc) {
-    _mm512_store_ps(lanes, v);
-    for (float f : lanes) sum += f;
-  }
-  return sum;
+  return lanes_sum(acc);
 }
 
 __attribute__((target("avx2,fma"))) double fma_avx2(int64_t iters) {
@@ -100,13 +104,7 @@ __attribute__((target("avx2,fma"))) double fma_avx2(int64_t iters) {
     for (auto& v : acc) v = _mm256_fmadd_ps(one, one, v);
     __asm__ volatile("" : "+x"(one));
   }
-  alignas(32) float lanes[8];
-  double sum = 0;
-  for (auto& v : acc) {
-    _mm256_store_ps(lanes, v);
-    for (float f : lanes) sum += f;
-  }
-  return sum;
+  return lanes_sum(acc);
 }
 
 __attribute__((target("avx512f,avx512bf16"))) double dot_avx512bf16(int64_t iters) {
@@ -118,13 +116,7 @@ __attribute__((target("avx512f,avx512bf16"))) double dot_avx512bf16(int64_t iter
     for (auto& v : acc) v = _mm512_dpbf16_ps(v, one, one);
     __asm__ volatile("" : "+v"(one));
   }
-  alignas(64) float lanes[16];
-  double sum = 0;
-  for (auto& v : acc) {
-    _mm512_store_ps(lanes, v);
-    for (float f : lanes) sum += f;
-  }
-  return sum;
+  return lanes_sum(acc);
 }
 #endif
 
