@@ -28,7 +28,8 @@ bench sdpa-loop --set model.experts_impl=loop
 bench default
 bench default-profile --profile "$out/trace.json" --steps 5
 /tmp/b/condensa bench moe --config "$cfg" --iters 20 >"$out/bench-moe.log" 2>&1
-echo "bench moe (nccl): $(grep -c phase "$out/bench-moe.log") table(s); exit $?"
+moe_rc=$?
+echo "bench moe (nccl): exit $moe_rc; $(grep -E '^ +(route|dispatch|experts|combine) ' "$out/bench-moe.log" | tr -s ' ' | tr '\n' ';')"
 /tmp/b/condensa train "$cfg" --set train.steps=200 --set log.every=10 --set run.dir=/tmp/gpu-run \
   >"$out/train-200.log" 2>&1
 python3 - "$out" <<'PY'
