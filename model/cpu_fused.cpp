@@ -348,25 +348,33 @@ inline void to_bf16(const float* x, c10::BFloat16* y, int64_t n) {
   for (int64_t j = 0; j < n; ++j) bits[j] = bf16_bits(x[j]);
 }
 
-inline void swiglu_span(const c10::BFloat16* g,
-                        const c10::BFloat16* u,
-                        c10::BFloat16* h,
-                        int64_t n) {
+// x rounded to bf16, stored as bf16, or widened back: the fp32 value that bf16 holds.
+inline void store_rounded(const float* x, c10::BFloat16* y, int64_t n) { to_bf16(x, y, n); }
+inline void store_rounded(const float* x, float* y, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t u = static_cast<uint32_t>(bf16_bits(x[j])) << 16;
+    std::memcpy(y + j, &u, sizeof(u));
+  }
+}
+
+template <typename Out>
+inline void swiglu_span(const c10::BFloat16* g, const c10::BFloat16* u, Out* h, int64_t n) {
   float gf[kBf16Chunk], uf[kBf16Chunk], hf[kBf16Chunk];
   for (int64_t o = 0; o < n; o += kBf16Chunk) {
     const int64_t m = std::min(kBf16Chunk, n - o);
     to_float(g + o, gf, m);
     to_float(u + o, uf, m);
     swiglu_span(gf, uf, hf, m);
-    to_bf16(hf, h + o, m);
+    store_rounded(hf, h + o, m);
   }
 }
 
+template <typename Out>
 inline void swiglu_backward_span(const c10::BFloat16* g,
                                  const c10::BFloat16* u,
                                  const c10::BFloat16* dh,
-                                 c10::BFloat16* dg,
-                                 c10::BFloat16* du,
+                                 Out* dg,
+                                 Out* du,
                                  int64_t n) {
   float gf[kBf16Chunk], uf[kBf16Chunk], dhf[kBf16Chunk], dgf[kBf16Chunk], duf[kBf16Chunk];
   for (int64_t o = 0; o < n; o += kBf16Chunk) {
@@ -375,8 +383,8 @@ inline void swiglu_backward_span(const c10::BFloat16* g,
     to_float(u + o, uf, m);
     to_float(dh + o, dhf, m);
     swiglu_backward_span(gf, uf, dhf, dgf, duf, m);
-    to_bf16(dgf, dg + o, m);
-    to_bf16(duf, du + o, m);
+    store_rounded(dgf, dg + o, m);
+    store_rounded(duf, du + o, m);
   }
 }
 
@@ -469,8 +477,18 @@ struct WeightedCombineFn : torch::autograd::Function<WeightedCombineFn> {
 
 }  // namespace
 
-torch::Tensor fused_swiglu(const torch::Tensor& g, const torch::Tensor& u) {
+torch::Tensor fused_swiglu(const torch::Tensor& g, const torch::Tensor& u, bool widened) {
   check_swiglu({g, u});
+  if (widened && g.scalar_type() == torch::kBFloat16) {
+    auto h = torch::empty(g.sizes(), g.options().dtype(torch::kFloat32));
+    const c10::BFloat16* gp = g.data_ptr<c10::BFloat16>();
+    const c10::BFloat16* up = u.data_ptr<c10::BFloat16>();
+    float* hp = h.data_ptr<float>();
+    at::parallel_for(0, g.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+      swiglu_span(gp + begin, up + begin, hp + begin, end - begin);
+    });
+    return h;
+  }
   auto h = torch::empty_like(g);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, g.scalar_type(), "fused_swiglu", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
@@ -485,8 +503,23 @@ torch::Tensor fused_swiglu(const torch::Tensor& g, const torch::Tensor& u) {
 
 std::pair<torch::Tensor, torch::Tensor> fused_swiglu_backward(const torch::Tensor& g,
                                                               const torch::Tensor& u,
-                                                              const torch::Tensor& dh) {
+                                                              const torch::Tensor& dh,
+                                                              bool widened) {
   check_swiglu({g, u, dh});
+  if (widened && g.scalar_type() == torch::kBFloat16) {
+    auto dg = torch::empty(g.sizes(), g.options().dtype(torch::kFloat32)),
+         du = torch::empty_like(dg);
+    const c10::BFloat16* gp = g.data_ptr<c10::BFloat16>();
+    const c10::BFloat16* up = u.data_ptr<c10::BFloat16>();
+    const c10::BFloat16* dhp = dh.data_ptr<c10::BFloat16>();
+    float* dgp = dg.data_ptr<float>();
+    float* dup = du.data_ptr<float>();
+    at::parallel_for(0, g.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+      swiglu_backward_span(gp + begin, up + begin, dhp + begin, dgp + begin, dup + begin,
+                           end - begin);
+    });
+    return {dg, du};
+  }
   auto dg = torch::empty_like(g), du = torch::empty_like(u);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, g.scalar_type(), "fused_swiglu_backward", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();

@@ -74,12 +74,16 @@ torch::Tensor fused_mla_key(const torch::Tensor& k_nope_BSHN,
 
 // SwiGLU's product h = silu(g) * u, element-wise over same-shape contiguous CPU fp32/fp64/bf16
 // tensors, in one pass (no autograd: the experts' autograd function calls it). bf16 tensors
-// (CPU autocast) are computed in fp32 and rounded once, at the result.
-torch::Tensor fused_swiglu(const torch::Tensor& g, const torch::Tensor& u);
-// Its gradients from dh, in one pass: {dg, du} = {dh u s (1 + g (1 - s)), dh g s}, s = sigmoid(g).
+// (CPU autocast) are computed in fp32 and rounded once, at the result; `widened` returns that
+// bf16 result widened to fp32 (bit for bit its .to(kFloat32)) in the same pass, for products
+// that take widened operands (cpu_bf16_products_widened). fp32/fp64 ignore `widened`.
+torch::Tensor fused_swiglu(const torch::Tensor& g, const torch::Tensor& u, bool widened = false);
+// Its gradients from dh, in one pass: {dg, du} = {dh u s (1 + g (1 - s)), dh g s}, s = sigmoid(g);
+// `widened` as above.
 std::pair<torch::Tensor, torch::Tensor> fused_swiglu_backward(const torch::Tensor& g,
                                                               const torch::Tensor& u,
-                                                              const torch::Tensor& dh);
+                                                              const torch::Tensor& dh,
+                                                              bool widened = false);
 
 // dst += src for an fp32 dst and a bf16 src (contiguous, same shape, CPU) in one pass, the
 // conversion fused into the add; any other pair goes to dst.add_(src). ATen's mixed-dtype add_

@@ -72,7 +72,9 @@ torch::Tensor swiglu(const torch::Tensor& g, const torch::Tensor& u) {
 // then below autocast); gradients come back in the inputs' dtypes. CPU bf16 with widened
 // products (cpu_fused.h): each product takes the fp32 widenings of its bf16 operands, and its
 // result is rounded into the same bf16 buffers (weight gradients added to an fp32 .grad stay
-// fp32; dx's two products are summed in fp32, then rounded).
+// fp32; dx's two products are summed in fp32, then rounded). x and h are then kept as their
+// fp32 widenings, and SwiGLU writes h, dg and du widened in its own pass, so no operand is
+// widened twice (x and h cost twice their bf16 bytes while saved).
 struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
   static torch::Tensor forward(AutogradContext* ctx,
                                const torch::Tensor& x_ND,
@@ -102,15 +104,18 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       mm_into(g_e, x_e, gate[e].t());
       mm_into(u_e, x_e, up[e].t());
     }
-    auto h_MF = swiglu(g_MF, u_MF);
+    // Widened, SwiGLU's bf16 result comes widened (one pass), and h is kept so for backward.
+    auto hw = widen ? fused_swiglu(g_MF, u_MF, /*widened=*/true) : swiglu(g_MF, u_MF);
     auto y_MD = torch::empty({M, D}, x.options());
-    auto hw = wide(h_MF, widen);
     for (int64_t e = 0, o = 0; e < E; o += rows[e], ++e) {
       if (rows[e] == 0) continue;
       auto y_e = y_MD.narrow(0, o, rows[e]);
       mm_into(y_e, hw.narrow(0, o, rows[e]), down[e].t());
     }
-    ctx->save_for_backward({x, gate, up, down, g_MF, u_MF, h_MF});
+    // Widened, x and h are saved as their fp32 widenings (the values of the bf16 tensors, in
+    // twice the bytes): backward's products take them so, and need no second widening.
+    ctx->save_for_backward({xw, gate, up, down, g_MF, u_MF, hw});
+    ctx->saved_data["widened"] = widen;
     const std::array<const torch::Tensor*, 3> weights = {&gate_EFD, &up_EFD, &down_EDF};
     for (size_t i = 0; i < weights.size(); ++i) {
       auto p = parameter_behind(*weights[i]);
@@ -127,16 +132,19 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
     // Backward runs under the forward's autocast state: its products are in the saved dtypes.
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const auto saved = ctx->get_saved_variables();
-    const auto &x = saved[0], &gate = saved[1], &up = saved[2], &down = saved[3];
-    const auto &g_MF = saved[4], &u_MF = saved[5], &h_MF = saved[6];
+    // x and h, widened when the products are (`xw`, `hw` in forward).
+    const auto &xw = saved[0], &gate = saved[1], &up = saved[2], &down = saved[3];
+    const auto &g_MF = saved[4], &u_MF = saved[5], &hw = saved[6];
     const auto rows = ctx->saved_data["rows"].toIntVector();
     const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
     const int64_t E = gate.size(0);
-    auto dy_MD = grads[0].defined() ? grads[0].to(x.scalar_type()).contiguous()
-                                    : torch::zeros({g_MF.size(0), x.size(1)}, x.options());
-    const bool widen = cpu_widens_bf16(x);
-    // Widened, the saved weights are fp32 already (rounded to bf16's precision).
-    auto dyw = wide(dy_MD, widen), hw = wide(h_MF, widen);
+    // The compute dtype is g's (x's before widening).
+    const auto compute = g_MF.options();
+    auto dy_MD = grads[0].defined() ? grads[0].to(g_MF.scalar_type()).contiguous()
+                                    : torch::zeros({g_MF.size(0), xw.size(1)}, compute);
+    const bool widen = ctx->saved_data["widened"].toBool();
+    // Widened, the saved weights, x and h are fp32 already (rounded to bf16's precision).
+    auto dyw = wide(dy_MD, widen);
     // Each weight's gradient goes into a returned [E, ...] buffer, or into its parameter's .grad.
     std::array<torch::Tensor, 3> into, ret;
     const std::array<const torch::Tensor*, 3> w = {&gate, &up, &down};
@@ -176,16 +184,15 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
       weight_grad(2, e, dy_e.t(), hw.narrow(0, o, rows[e]));
       mm_into(dh_e, dy_e, down[e]);
     }
-    torch::Tensor dg_MF, du_MF;
+    // dg and du, widened in the same pass when the products are.
+    torch::Tensor dgw, duw;
     if (cpu_fused_bf16_applies(g_MF)) {
-      std::tie(dg_MF, du_MF) = fused_swiglu_backward(g_MF, u_MF, dh_MF);
+      std::tie(dgw, duw) = fused_swiglu_backward(g_MF, u_MF, dh_MF, widen);
     } else {
-      du_MF = dh_MF * torch::silu(g_MF);
-      dg_MF = at::silu_backward(dh_MF.mul_(u_MF), g_MF);
+      duw = dh_MF * torch::silu(g_MF);
+      dgw = at::silu_backward(dh_MF.mul_(u_MF), g_MF);
     }
-    auto dx = torch::empty_like(x);
-    auto xw = wide(x, widen);
-    auto dgw = wide(dg_MF, widen), duw = wide(du_MF, widen);
+    auto dx = torch::empty({xw.size(0), xw.size(1)}, compute);
     int64_t o = 0;
     for (int64_t e = 0; e < E; o += rows[e], ++e) {
       if (rows[e] == 0) continue;
@@ -201,7 +208,7 @@ struct ExpertLoopFn : torch::autograd::Function<ExpertLoopFn> {
         dx_e.addmm_(du_e, up[e]);
       }
     }
-    if (o < x.size(0)) dx.narrow(0, o, x.size(0) - o).zero_();  // rows past the experts'
+    if (o < dx.size(0)) dx.narrow(0, o, dx.size(0) - o).zero_();  // rows past the experts'
     auto as = [&](const torch::Tensor& t, int i) {
       return t.defined() ? t.to(static_cast<at::ScalarType>(dtypes[i])) : torch::Tensor();
     };

@@ -322,6 +322,17 @@ TEST(CpuFusedBf16, SwigluRoundsTheFp32ResultOnce) {
         EXPECT_TRUE(torch::equal(got.isnan(), want.isnan()));
         EXPECT_TRUE(torch::equal(got.nan_to_num(0, 1e30, -1e30), want.nan_to_num(0, 1e30, -1e30)));
       }
+      // Widened: the same bf16 results, returned as fp32 bit for bit (NaN bits included).
+      auto bits = [](const torch::Tensor& t) { return t.view(torch::kInt32); };
+      auto hw = fused_swiglu(g, u, /*widened=*/true);
+      ASSERT_EQ(hw.scalar_type(), torch::kFloat32);
+      EXPECT_TRUE(torch::equal(bits(hw), bits(h.to(torch::kFloat32))));
+      auto [dgw, duw] = fused_swiglu_backward(g, u, dh, /*widened=*/true);
+      ASSERT_EQ(dgw.scalar_type(), torch::kFloat32);
+      EXPECT_TRUE(torch::equal(bits(dgw), bits(dg.to(torch::kFloat32))));
+      EXPECT_TRUE(torch::equal(bits(duw), bits(du.to(torch::kFloat32))));
+      // fp32 inputs ignore `widened`.
+      EXPECT_TRUE(torch::equal(bits(fused_swiglu(gf, uf, true)), bits(fused_swiglu(gf, uf))));
       // And against ATen's fp32 silu: within one bf16 rounding (2^-8 relative).
       auto ref = (torch::silu(gf) * uf).slice(0, 4);
       auto err = (h.slice(0, 4).to(torch::kFloat32) - ref).abs();
