@@ -477,27 +477,53 @@ struct WeightedCombineFn : torch::autograd::Function<WeightedCombineFn> {
 
 }  // namespace
 
+namespace {
+
+// SwiGLU and its gradients over In inputs into Out outputs, split over the threads. Out is In,
+// or float for bf16 inputs with widened outputs.
+template <typename In, typename Out>
+void swiglu_into(const torch::Tensor& g, const torch::Tensor& u, torch::Tensor& h) {
+  const In* gp = g.data_ptr<In>();
+  const In* up = u.data_ptr<In>();
+  Out* hp = h.data_ptr<Out>();
+  at::parallel_for(0, g.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+    swiglu_span(gp + begin, up + begin, hp + begin, end - begin);
+  });
+}
+template <typename In, typename Out>
+void swiglu_backward_into(const torch::Tensor& g,
+                          const torch::Tensor& u,
+                          const torch::Tensor& dh,
+                          torch::Tensor& dg,
+                          torch::Tensor& du) {
+  const In* gp = g.data_ptr<In>();
+  const In* up = u.data_ptr<In>();
+  const In* dhp = dh.data_ptr<In>();
+  Out* dgp = dg.data_ptr<Out>();
+  Out* dup = du.data_ptr<Out>();
+  at::parallel_for(0, g.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+    swiglu_backward_span(gp + begin, up + begin, dhp + begin, dgp + begin, dup + begin,
+                         end - begin);
+  });
+}
+
+// bf16 inputs with widened outputs (fused_swiglu's `widened`).
+bool widens_swiglu(const torch::Tensor& g, bool widened) {
+  return widened && g.scalar_type() == torch::kBFloat16;
+}
+
+}  // namespace
+
 torch::Tensor fused_swiglu(const torch::Tensor& g, const torch::Tensor& u, bool widened) {
   check_swiglu({g, u});
-  if (widened && g.scalar_type() == torch::kBFloat16) {
+  if (widens_swiglu(g, widened)) {
     auto h = torch::empty(g.sizes(), g.options().dtype(torch::kFloat32));
-    const c10::BFloat16* gp = g.data_ptr<c10::BFloat16>();
-    const c10::BFloat16* up = u.data_ptr<c10::BFloat16>();
-    float* hp = h.data_ptr<float>();
-    at::parallel_for(0, g.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
-      swiglu_span(gp + begin, up + begin, hp + begin, end - begin);
-    });
+    swiglu_into<c10::BFloat16, float>(g, u, h);
     return h;
   }
   auto h = torch::empty_like(g);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, g.scalar_type(), "fused_swiglu", [&] {
-    const scalar_t* gp = g.data_ptr<scalar_t>();
-    const scalar_t* up = u.data_ptr<scalar_t>();
-    scalar_t* hp = h.data_ptr<scalar_t>();
-    at::parallel_for(0, g.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
-      swiglu_span(gp + begin, up + begin, hp + begin, end - begin);
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, g.scalar_type(), "fused_swiglu",
+                                 [&] { swiglu_into<scalar_t, scalar_t>(g, u, h); });
   return h;
 }
 
@@ -506,31 +532,15 @@ std::pair<torch::Tensor, torch::Tensor> fused_swiglu_backward(const torch::Tenso
                                                               const torch::Tensor& dh,
                                                               bool widened) {
   check_swiglu({g, u, dh});
-  if (widened && g.scalar_type() == torch::kBFloat16) {
-    auto dg = torch::empty(g.sizes(), g.options().dtype(torch::kFloat32)),
-         du = torch::empty_like(dg);
-    const c10::BFloat16* gp = g.data_ptr<c10::BFloat16>();
-    const c10::BFloat16* up = u.data_ptr<c10::BFloat16>();
-    const c10::BFloat16* dhp = dh.data_ptr<c10::BFloat16>();
-    float* dgp = dg.data_ptr<float>();
-    float* dup = du.data_ptr<float>();
-    at::parallel_for(0, g.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
-      swiglu_backward_span(gp + begin, up + begin, dhp + begin, dgp + begin, dup + begin,
-                           end - begin);
-    });
+  if (widens_swiglu(g, widened)) {
+    auto dg = torch::empty(g.sizes(), g.options().dtype(torch::kFloat32));
+    auto du = torch::empty_like(dg);
+    swiglu_backward_into<c10::BFloat16, float>(g, u, dh, dg, du);
     return {dg, du};
   }
   auto dg = torch::empty_like(g), du = torch::empty_like(u);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, g.scalar_type(), "fused_swiglu_backward", [&] {
-    const scalar_t* gp = g.data_ptr<scalar_t>();
-    const scalar_t* up = u.data_ptr<scalar_t>();
-    const scalar_t* dhp = dh.data_ptr<scalar_t>();
-    scalar_t* dgp = dg.data_ptr<scalar_t>();
-    scalar_t* dup = du.data_ptr<scalar_t>();
-    at::parallel_for(0, g.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
-      swiglu_backward_span(gp + begin, up + begin, dhp + begin, dgp + begin, dup + begin,
-                           end - begin);
-    });
+    swiglu_backward_into<scalar_t, scalar_t>(g, u, dh, dg, du);
   });
   return {dg, du};
 }
