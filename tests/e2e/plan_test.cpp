@@ -73,6 +73,8 @@ TEST(PlanCli, CpuProfileTimesBlocksWholeOnlyWhenTheyFit) {
   ASSERT_EQ(small.exit_code, 0) << small.output;
   EXPECT_NE(small.output.find("decoder blocks and the LM head timed whole"), std::string::npos)
       << small.output;
+  EXPECT_NE(small.output.find("inside the whole model (timed once) they took "), std::string::npos)
+      << small.output;
   auto large = run_condensa("plan " + source_path("configs/tiny.yaml") +
                             " --set model.hidden_size=1024 --set model.num_routed_experts=256"
                             " --set model.moe_intermediate_size=2048 --hardware cpu");
@@ -80,6 +82,7 @@ TEST(PlanCli, CpuProfileTimesBlocksWholeOnlyWhenTheyFit) {
   EXPECT_NE(large.output.find("decoder blocks not timed whole"), std::string::npos) << large.output;
   EXPECT_EQ(large.output.find("decoder blocks and the LM head timed whole"), std::string::npos)
       << large.output;
+  EXPECT_EQ(large.output.find("inside the whole model"), std::string::npos) << large.output;
 }
 
 // The cpu profile predicts the step time of the run it measured, priced with that run's own

@@ -257,7 +257,8 @@ int plan_command(const Args& args) {
                           {"dense_layer_s_per_token", hw.dense_layer_s_per_token},
                           {"moe_layer_s_per_token", hw.moe_layer_s_per_token},
                           {"head_s_per_token", hw.head_s_per_token},
-                          {"expert_s_per_row", hw.expert_s_per_row}}}};
+                          {"expert_s_per_row", hw.expert_s_per_row},
+                          {"in_model_factor", hw.in_model_factor}}}};
     std::printf("%s\n", j.dump().c_str());
   }
   return 0;

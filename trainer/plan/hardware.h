@@ -38,6 +38,11 @@ struct HardwareProfile {
   // and a MoE decoder block and the LM head with its loss. 0 = not measured: the plan then
   // times units from their FLOPs and bytes at the rates above.
   double dense_layer_s_per_token = 0, moe_layer_s_per_token = 0, head_s_per_token = 0;
+  // How much slower those units run inside the whole model than alone (the `cpu` profile times
+  // the whole model once: caches shared by every layer, the embedding, the losses and the
+  // autograd engine between blocks): the plan multiplies the units' times by it. 0 = not
+  // measured (1).
+  double in_model_factor = 0;
   // Forward + backward seconds per routed-expert row of this rank's experts alone (the `cpu`
   // profile): what the busiest rank does more of under uneven routing. 0 = not measured: the
   // plan prices those rows at the matmul rate.

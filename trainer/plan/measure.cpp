@@ -240,6 +240,15 @@ HardwareProfile measure_cpu_profile(const Config& config,
     model::DispatcherFactory all_to_all = [&comm, E = m.num_routed_experts](int64_t) {
       return std::make_shared<parallel::AllToAllDispatcher>(comm, E);
     };
+    // Seconds per call of fn: the median of five windows, every rank calling it the same number
+    // of times when it runs collectives.
+    auto timed = [&](const std::function<void()>& fn, bool collective) {
+      if (!collective) return median_time_per_call(fn, 30 * secs);
+      std::vector<double> t;
+      for (int i = 0; i < 5; ++i) t.push_back(collective_seconds_per_call(comm, fn, 6 * secs));
+      std::sort(t.begin(), t.end());
+      return t[2];
+    };
     auto block_s = [&](int64_t layer, bool collective) {
       // The same weights on every rank, as a run starts with.
       auto block = timed_block(m, layer, collective ? all_to_all : local, 1234 + layer);
@@ -251,11 +260,7 @@ HardwareProfile measure_cpu_profile(const Config& config,
         y.backward(g);
       };
       comm.barrier();
-      if (!collective) return median_time_per_call(fb, 30 * secs);
-      std::vector<double> t;
-      for (int i = 0; i < 5; ++i) t.push_back(collective_seconds_per_call(comm, fb, 6 * secs));
-      std::sort(t.begin(), t.end());
-      return t[2];
+      return timed(fb, collective);
     };
     if (m.num_dense_layers > 0) h.dense_layer_s_per_token = block_s(0, false) / T;
     if (m.num_layers > m.num_dense_layers) {
@@ -286,12 +291,53 @@ HardwareProfile measure_cpu_profile(const Config& config,
                              },
                              10 * secs) /
                          T;
+    // The whole model once, as a training micro-batch runs it (forward with the MTP modules,
+    // the losses, backward with the expert weight gradients in place): its units run slower
+    // inside it than alone, and the embedding, the losses and the autograd engine between
+    // blocks add to them. The plan scales the units' times by the ratio.
+    const double whole_bytes =
+        12.0 * counts.total + (blocks + 1) * 16.0 * T * std::max<int64_t>(m.vocab_size, 16 * D);
+    if (whole_bytes > rank_memory / 4) {
+      h.notes.push_back(str("the whole model not timed (about ", std::llround(whole_bytes / 1e9),
+                            " GB, more than 1/4 of this rank's memory): units at their times "
+                            "alone"));
+    } else {
+      model::Transformer whole(m, ep_here ? all_to_all : local);
+      model::init_parameters(*whole, 1234);
+      auto tokens = torch::randint(m.vocab_size, {B, S + 1});
+      auto inputs = tokens.narrow(1, 0, S);
+      model::ForwardOptions fo;
+      fo.with_mtp = m.mtp_depth > 0;
+      auto fb = [&] {
+        auto out = whole->forward(inputs, fo);
+        auto loss =
+            model::token_cross_entropy(out.logits_BSV, tokens.narrow(1, 1, S)) + out.aux_loss;
+        for (size_t k = 0; k < out.mtp_logits.size(); ++k) {
+          const int64_t d = static_cast<int64_t>(k) + 1;
+          loss =
+              loss + model::token_cross_entropy(out.mtp_logits[k], tokens.narrow(1, d + 1, S - d));
+        }
+        model::WeightGradsInPlaceScope in_place;
+        loss.backward();
+      };
+      comm.barrier();
+      const double whole_s = timed(fb, ep_here);
+      double units = h.head_s_per_token;
+      for (int64_t l = 0; l < blocks; ++l) {
+        units += m.is_moe_layer(l) ? h.moe_layer_s_per_token : h.dense_layer_s_per_token;
+        if (l >= m.num_layers) units += h.head_s_per_token;  // an MTP module's head
+      }
+      h.in_model_factor = whole_s / T / units;
+    }
     h.notes.push_back(str(
         "decoder blocks and the LM head timed whole (forward + backward) at the "
         "micro-batch shape",
         ep_here ? str(", the MoE block with the all-to-all dispatcher over ", comm.size(), " ranks")
                 : std::string(),
-        "; the rates above time the rest"));
+        "; the rates above time the rest",
+        h.in_model_factor > 0 ? str("; inside the whole model (timed once) they took ",
+                                    std::lround(100 * h.in_model_factor), "% of their time alone")
+                              : std::string()));
   }
 
   // Memory-bound kernels: an elementwise add at the size of one activation tensor, as the

@@ -221,10 +221,11 @@ struct Rates {
 double measured_s(const UnitCost& u, const Rates& r) {
   if (!r.hw || r.hw->moe_layer_s_per_token + r.hw->dense_layer_s_per_token <= 0) return 0;
   const auto& hw = *r.hw;
+  const double in_model = hw.in_model_factor > 0 ? hw.in_model_factor : 1.0;
   const double layer = u.moe ? hw.moe_layer_s_per_token : hw.dense_layer_s_per_token;
-  if (u.kind == UnitKind::kLayer) return layer;
-  if (u.kind == UnitKind::kHead) return hw.head_s_per_token;
-  if (u.kind == UnitKind::kMtp) return layer + hw.head_s_per_token;
+  if (u.kind == UnitKind::kLayer) return in_model * layer;
+  if (u.kind == UnitKind::kHead) return in_model * hw.head_s_per_token;
+  if (u.kind == UnitKind::kMtp) return in_model * (layer + hw.head_s_per_token);
   return 0;
 }
 

@@ -167,6 +167,12 @@ TEST(Plan, UnitsTimedWholeReplaceTheRatesForLayersAndHeads) {
   // Without them the same profile times units from FLOPs and bytes: a different number.
   const Plan q = make_plan(c, 1, round_profile(), {});
   EXPECT_GT(std::abs(q.time.forward - p.time.forward), 1e-3 * p.time.forward);
+  // Units 25% slower inside the whole model than alone: every unit's time scales, the
+  // embedding's traffic does not.
+  h.in_model_factor = 1.25;
+  const Plan r = make_plan(c, 1, h, {});
+  EXPECT_NEAR(r.time.forward, 1.25 * whole / 3 + embedding, 1e-12);
+  EXPECT_NEAR(r.time.backward, 2 * 1.25 * whole / 3 + 2 * embedding, 1e-12);
 }
 
 TEST(Plan, RecomputeTradesActivationsForBackwardTime) {
