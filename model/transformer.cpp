@@ -196,6 +196,19 @@ torch::Tensor token_cross_entropy(const torch::Tensor& logits, const torch::Tens
                                               targets.reshape({-1}));
 }
 
+std::pair<torch::Tensor, torch::Tensor> head_losses(const ModelOutput& out,
+                                                    const torch::Tensor& tokens,
+                                                    double mtp_scale) {
+  const int64_t S = tokens.size(1) - 1;
+  auto ce = token_cross_entropy(out.logits_BSV, tokens.narrow(1, 1, S));
+  auto mtp = torch::zeros({}, ce.options());
+  for (size_t k = 0; k < out.mtp_logits.size(); ++k) {
+    const int64_t d = static_cast<int64_t>(k) + 1;  // module k predicts token i + d + 1
+    mtp = mtp + token_cross_entropy(out.mtp_logits[k], tokens.narrow(1, d + 1, S - d));
+  }
+  return {ce, out.mtp_logits.empty() ? mtp : mtp * mtp_scale};
+}
+
 torch::Tensor expert_load(const TransformerImpl& model) {
   std::vector<torch::Tensor> rows;
   for (auto& l : model.moe_layers()) rows.push_back(l->gate->stats.tokens_per_expert_E);

@@ -14,6 +14,7 @@
 
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "model/layers.h"
@@ -115,6 +116,13 @@ TORCH_MODULE(Transformer);
 
 // Mean cross-entropy of logits [B, S, V] against targets [B, S] over every position.
 torch::Tensor token_cross_entropy(const torch::Tensor& logits_BSV, const torch::Tensor& targets_BS);
+
+// The training losses of a forward over tokens[:, :-1] (tokens [B, S + 1]): the main head's
+// cross-entropy against tokens[:, 1:], and mtp_scale x the sum of the MTP modules' (module k
+// predicts token i + k + 2).
+std::pair<torch::Tensor, torch::Tensor> head_losses(const ModelOutput& out,
+                                                    const torch::Tensor& tokens_BS1,
+                                                    double mtp_scale);
 
 // Routing statistics and load balancing of a model's MoE layers, so that callers never name
 // router internals. Row l is moe_layers()[l]; tensors stay on the model's device (no host

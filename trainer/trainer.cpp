@@ -150,20 +150,11 @@ std::pair<torch::Tensor, torch::Tensor> Trainer::head_losses(const model::ModelO
                                                              const torch::Tensor& tokens,
                                                              int64_t step) const {
   const auto& m = cfg_.model;
-  const int64_t S = tokens.size(1) - 1;
-  auto ce = model::token_cross_entropy(out.logits_BSV, tokens.narrow(1, 1, S));
-  auto mtp = torch::zeros({}, ce.options());
-  for (size_t k = 0; k < out.mtp_logits.size(); ++k) {
-    const int64_t d = static_cast<int64_t>(k) + 1;  // module k predicts token i + d + 1
-    mtp = mtp + model::token_cross_entropy(out.mtp_logits[k], tokens.narrow(1, d + 1, S - d));
-  }
-  if (m.mtp_depth > 0) {
-    const double weight = (m.mtp_loss_weight_until_step < 0 || step <= m.mtp_loss_weight_until_step)
-                              ? m.mtp_loss_weight
-                              : m.mtp_loss_weight_after;
-    mtp = mtp * (weight / m.mtp_depth);
-  }
-  return {ce, mtp};
+  if (m.mtp_depth == 0) return model::head_losses(out, tokens, 1.0);
+  const double weight = (m.mtp_loss_weight_until_step < 0 || step <= m.mtp_loss_weight_until_step)
+                            ? m.mtp_loss_weight
+                            : m.mtp_loss_weight_after;
+  return model::head_losses(out, tokens, weight / m.mtp_depth);
 }
 
 void Trainer::count_routing_by_language(const torch::Tensor& language_BS) {

@@ -310,15 +310,10 @@ HardwareProfile measure_cpu_profile(const Config& config,
       fo.with_mtp = m.mtp_depth > 0;
       auto fb = [&] {
         auto out = whole->forward(inputs, fo);
-        auto loss =
-            model::token_cross_entropy(out.logits_BSV, tokens.narrow(1, 1, S)) + out.aux_loss;
-        for (size_t k = 0; k < out.mtp_logits.size(); ++k) {
-          const int64_t d = static_cast<int64_t>(k) + 1;
-          loss =
-              loss + model::token_cross_entropy(out.mtp_logits[k], tokens.narrow(1, d + 1, S - d));
-        }
+        const double mtp_scale = m.mtp_loss_weight / std::max<int64_t>(1, m.mtp_depth);
+        auto [ce, mtp] = model::head_losses(out, tokens, mtp_scale);
         model::WeightGradsInPlaceScope in_place;
-        loss.backward();
+        (ce + mtp + out.aux_loss).backward();
       };
       comm.barrier();
       const double whole_s = timed(fb, ep_here);
